@@ -1,0 +1,84 @@
+"""One typed settings object per process, read from TROVEMETER_* environment variables.
+
+CLI flags override environment variables by passing keyword arguments to the
+constructor (pydantic-settings gives init arguments the highest priority).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+def mask_url_password(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***`` (for logs and errors)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+class CommonSettings(BaseSettings):
+    """Settings every trovemeter process shares."""
+
+    model_config = SettingsConfigDict(env_prefix="TROVEMETER_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    rabbit_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"), description="RabbitMQ AMQP URL"
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent Schema Registry; unset = Avro single-object encoding"
+    )
+    web_host: str = Field("127.0.0.1", description="Address the web/metrics servers bind")
+    web_port: int = Field(6066, description="Faust web server port")
+    max_message_bytes: int = Field(
+        1_048_576, description="Bodies larger than this are dead-lettered, not parsed"
+    )
+    log_level: str = Field("INFO")
+
+    @property
+    def rabbit_url_masked(self) -> str:
+        return mask_url_password(self.rabbit_url.get_secret_value())
+
+
+class ShovelSettings(CommonSettings):
+    """Settings of `trovemeter shovel` (RabbitMQ -> Kafka)."""
+
+    exchanges: CommaList = Field(("trove", "openstack"), description="Topic exchanges to bind")
+    routing_keys: CommaList = Field(("notifications.*",), description="Binding keys")
+    queue: str = Field("trovemeter.notifications", description="Our own durable queue")
+    exchange_durable: bool = Field(
+        False, description="Declare exchanges durable (oslo.messaging default: not durable)"
+    )
+    prefetch: int = Field(2000, description="RabbitMQ prefetch window (unacked messages)")
+    metrics_port: int = Field(9464, description="Prometheus metrics / health port of the shovel")
+
+    _split = field_validator("exchanges", "routing_keys", mode="before")(_split_commas)
+
+
+class WorkerSettings(CommonSettings):
+    """Settings of the Faust worker (`trovemeter worker`, `faust -A streams.app worker`)."""
+
+    app_id: str = Field("trovemeter", description="Faust app id (consumer group, table names)")
+    store: str = Field("memory://", description="Faust table store (memory:// or rocksdb://)")
+    data_dir: str = Field(".stack/faust", description="Faust data directory")
+    topic_partitions: int = Field(4, description="Partitions of internal/changelog topics")
