@@ -24,9 +24,8 @@ class TopicSpec:
         return {"cleanup.policy": self.cleanup_policy, **self.config}
 
 
-def topic_specs(partitions: int = 4, replication: int = 1) -> list[TopicSpec]:
+def topic_specs(partitions: int = 4) -> list[TopicSpec]:
     """Every topic `trovemeter topics` creates, with explicit partitions and cleanup."""
-    del replication  # applied by the caller; kept in the signature for symmetry with the CLI
     week = str(7 * 24 * 3600 * 1000)
     return [
         TopicSpec(NOTIFICATIONS, partitions, config={"retention.ms": week},

@@ -1,0 +1,64 @@
+# trovemeter: the two commands are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+STACK := stack/stack.sh
+
+.DEFAULT_GOAL := help
+.PHONY: help venv up down status logs clean topics test unit integration demo bench
+
+help:
+	@echo "make demo    set up, start the stack and run trovemeter on simulated Trove traffic"
+	@echo "make test    set up, start the stack, run unit + integration tests, stop what it started"
+	@echo "make up|down|status|logs|clean   the local Kafka + RabbitMQ stack (state in .stack/)"
+	@echo "make unit | integration | bench | topics"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "trovemeter needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=...)")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP)
+
+up: $(STAMP)
+	@$(STACK) up
+	@$(BIN)/trovemeter topics
+
+down:
+	@$(STACK) down
+
+status:
+	@$(STACK) status
+
+logs:
+	@$(STACK) logs
+
+clean:
+	@$(STACK) clean
+
+topics: $(STAMP)
+	@$(BIN)/trovemeter topics
+
+unit: $(STAMP)
+	@$(BIN)/pytest tests/unit -q
+
+integration: $(STAMP)
+	@$(BIN)/pytest tests/integration -q
+
+test:
+	@stack/run-tests.sh
+
+demo: $(STAMP)
+	@$(STACK) up
+	@$(BIN)/trovemeter topics
+	@echo "demo: the stack is up (Kafka 127.0.0.1:9092, RabbitMQ 127.0.0.1:5672)."
+	@echo "demo: the shovel, the worker and the traffic simulator are not built yet (issues #4, #5, #7)."
+
+bench: $(STAMP)
+	@$(STACK) up
+	@$(BIN)/trovemeter topics
+	@$(BIN)/python -m bench

@@ -1,0 +1,1 @@
+"""I/O shells around the pure core: the RabbitMQ -> Kafka shovel and Kafka administration."""

@@ -1,0 +1,1 @@
+"""The Faust app: thin agents around trovemeter's pure pairing, state and usage logic."""

@@ -1,0 +1,25 @@
+"""The Faust app and nothing else: `faust -A streams.app worker -l info` starts it."""
+
+from __future__ import annotations
+
+import faust
+
+from trovemeter.settings import WorkerSettings
+
+settings = WorkerSettings()
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store=settings.store,
+    datadir=settings.data_dir,
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=1,
+    # At-least-once with idempotent state and deterministic output ids: exactly-once with
+    # group_by and tables hangs in recovery (faust-pitfalls.md, #47).
+    processing_guarantee="at_least_once",
+    web_host=settings.web_host,
+    web_port=settings.web_port,
+    autodiscover=False,
+    origin="streams",
+)
