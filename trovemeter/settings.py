@@ -7,27 +7,13 @@ constructor (pydantic-settings gives init arguments the highest priority).
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from trovemeter.redaction import mask_url_password
+
 CommaList = Annotated[tuple[str, ...], NoDecode]
-
-
-def mask_url_password(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for logs and errors)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _split_commas(value: object) -> object:
@@ -54,6 +40,9 @@ class CommonSettings(BaseSettings):
         1_048_576, description="Bodies larger than this are dead-lettered, not parsed"
     )
     log_level: str = Field("INFO")
+    event_mapping: str | None = Field(
+        None, description="YAML file of event definitions layered over the built-in mapping"
+    )
 
     @property
     def rabbit_url_masked(self) -> str:

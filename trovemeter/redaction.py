@@ -1,0 +1,120 @@
+"""Secrets never leave the parser: secret-named keys are dropped, URL passwords masked.
+
+Older oslo.messaging releases put a live Keystone token in ``_context_auth_token``; payloads can
+carry connection URLs such as ``rabbit://user:password@host``. Everything that reaches Kafka
+(canonical notifications, dead letters, logs) goes through this module first.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+
+MASK = "***"
+
+# A key is secret when its lower-cased name contains one of these. Broad on purpose: dropping a
+# harmless key costs little, forwarding a credential to every Kafka consumer costs a lot.
+SECRET_KEY_PARTS: tuple[str, ...] = (
+    "token",
+    "password",
+    "passwd",
+    "secret",
+    "credential",
+    "private_key",
+    "api_key",
+    "apikey",
+    "access_key",
+    "authorization",
+    "cookie",
+)
+
+# scheme://authority: the authority stops at the path, query, fragment, whitespace or a quote.
+_URL_AUTHORITY = re.compile(r"""([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s"'<>]+)""")
+
+
+class TooDeep(ValueError):
+    """A document nests deeper than the caller allows."""
+
+
+@functools.lru_cache(maxsize=4096)
+def is_secret_key(key: str) -> bool:
+    """True when ``key`` names a secret (``auth_token``, ``_context_auth_token``, ``db_password``)."""
+    lowered = key.lower()
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def _mask_authority(match: re.Match[str]) -> str:
+    scheme, authority = match.group(1), match.group(2)
+    if "@" not in authority:
+        return match.group(0)
+    # oslo transport URLs may list several hosts: rabbit://u1:p1@h1,u2:p2@h2/vhost
+    hosts = []
+    for host in authority.split(","):
+        userinfo, at, address = host.rpartition("@")
+        if at and ":" in userinfo:
+            host = f"{userinfo.split(':', 1)[0]}:{MASK}@{address}"
+        hosts.append(host)
+    return scheme + ",".join(hosts)
+
+
+def mask_url_password(text: str) -> str:
+    """Replace the password of every URL in ``text`` with ``***``.
+
+    Works on a whole URL (``rabbit://u:pw@h:5672/`` -> ``rabbit://u:***@h:5672/``) and on URLs
+    inside longer text such as an exception message.
+    """
+    if "://" not in text:
+        return text
+    return _URL_AUTHORITY.sub(_mask_authority, text)
+
+
+def redact(value: Any, *, max_depth: int = 64) -> Any:
+    """Copy of a JSON-like value without secret-named keys (at any depth) and with URL passwords
+    masked in every string. Raises ``TooDeep`` beyond ``max_depth`` nested containers."""
+    return _redact(value, max_depth)
+
+
+def _redact(value: Any, depth_left: int) -> Any:
+    if isinstance(value, str):
+        return mask_url_password(value) if "://" in value else value
+    if isinstance(value, dict):
+        if depth_left <= 0:
+            raise TooDeep("nested deeper than allowed")
+        return {
+            key: _redact(item, depth_left - 1)
+            for key, item in value.items()
+            if not (isinstance(key, str) and is_secret_key(key))
+        }
+    if isinstance(value, list):
+        if depth_left <= 0:
+            raise TooDeep("nested deeper than allowed")
+        return [_redact(item, depth_left - 1) for item in value]
+    return value
+
+
+# Secret-named keys with a string value in raw JSON text, plain ("k": "v") or escaped inside a
+# JSON string (\"k\": \"v\"), as oslo.messaging's v2 envelope nests the message.
+_RAW_PLAIN_PAIR = re.compile(rb'("([^"\\]*)"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+_RAW_ESCAPED_PAIR = re.compile(rb'(\\"([^"\\]*)\\"\s*:\s*\\")((?:(?!\\").)*)(\\")', re.DOTALL)
+
+
+def _mask_raw_pair(match: re.Match[bytes]) -> bytes:
+    key = match.group(2).decode("utf-8", "replace")
+    if not match.group(3) or not is_secret_key(key):
+        return match.group(0)
+    return match.group(1) + MASK.encode() + match.group(4)
+
+
+def scrub_raw(body: bytes) -> bytes:
+    """Best-effort masking of secrets in bytes that could not be parsed (for dead letters).
+
+    Masks the string value of secret-named keys in JSON text, plain or escaped one level deep,
+    and URL passwords. Bytes that are not UTF-8 pass through unchanged.
+    """
+    scrubbed = _RAW_PLAIN_PAIR.sub(_mask_raw_pair, body)
+    scrubbed = _RAW_ESCAPED_PAIR.sub(_mask_raw_pair, scrubbed)
+    if b"://" in scrubbed:
+        text = scrubbed.decode("utf-8", "surrogateescape")
+        scrubbed = mask_url_password(text).encode("utf-8", "surrogateescape")
+    return scrubbed
