@@ -7,7 +7,6 @@ carry connection URLs such as ``rabbit://user:password@host``. Everything that r
 
 from __future__ import annotations
 
-import functools
 import re
 from typing import Any
 
@@ -37,11 +36,23 @@ class TooDeep(ValueError):
     """A document nests deeper than the caller allows."""
 
 
-@functools.lru_cache(maxsize=4096)
+# Key -> is it secret. Notification keys repeat endlessly, so each is classified once; the bound
+# keeps a stream of random keys from growing the table.
+_SECRET_KEYS: dict[str, bool] = {}
+_SECRET_KEYS_LIMIT = 10_000
+# Values that can hold nothing secret by themselves.
+_SCALARS = (int, float, bool, type(None))
+
+
 def is_secret_key(key: str) -> bool:
     """True when ``key`` names a secret (``auth_token``, ``_context_auth_token``, ``db_password``)."""
-    lowered = key.lower()
-    return any(part in lowered for part in SECRET_KEY_PARTS)
+    secret = _SECRET_KEYS.get(key)
+    if secret is None:
+        lowered = key.lower()
+        secret = any(part in lowered for part in SECRET_KEY_PARTS)
+        if len(_SECRET_KEYS) < _SECRET_KEYS_LIMIT:
+            _SECRET_KEYS[key] = secret
+    return secret
 
 
 def _mask_authority(match: re.Match[str]) -> str:
@@ -70,26 +81,59 @@ def mask_url_password(text: str) -> str:
 
 
 def redact(value: Any, *, max_depth: int = 64) -> Any:
-    """Copy of a JSON-like value without secret-named keys (at any depth) and with URL passwords
-    masked in every string. Raises ``TooDeep`` beyond ``max_depth`` nested containers."""
-    return _redact(value, max_depth)
+    """``value`` without secret-named keys (at any depth) and with URL passwords masked in every
+    string. Raises ``TooDeep`` beyond ``max_depth`` nested containers.
+
+    Returns ``value`` itself when there is nothing to remove (the common case: checking is
+    cheaper than copying), else a redacted copy.
+    """
+    if _is_clean(value, max_depth):
+        return value
+    return _redacted_copy(value, max_depth)
 
 
-def _redact(value: Any, depth_left: int) -> Any:
+def _is_clean(value: Any, depth_left: int) -> bool:
+    """True when ``value`` holds no secret key and no URL; False also for types it does not
+    know, which then take the careful path."""
+    kind = type(value)
+    if kind is str:
+        return "://" not in value
+    if kind is dict:
+        if depth_left <= 0:
+            raise TooDeep("nested deeper than allowed")
+        secret = _SECRET_KEYS.get
+        for key, item in value.items():
+            if secret(key, True):  # True for keys not yet classified: let the copy decide
+                return False
+            item_kind = type(item)
+            if item_kind is str:
+                if "://" in item:
+                    return False
+            elif item_kind not in _SCALARS and not _is_clean(item, depth_left - 1):
+                return False
+        return True
+    if kind is list:
+        if depth_left <= 0:
+            raise TooDeep("nested deeper than allowed")
+        return all(_is_clean(item, depth_left - 1) for item in value)
+    return kind in _SCALARS
+
+
+def _redacted_copy(value: Any, depth_left: int) -> Any:
     if isinstance(value, str):
-        return mask_url_password(value) if "://" in value else value
+        return mask_url_password(value)
     if isinstance(value, dict):
         if depth_left <= 0:
             raise TooDeep("nested deeper than allowed")
         return {
-            key: _redact(item, depth_left - 1)
+            key: _redacted_copy(item, depth_left - 1)
             for key, item in value.items()
             if not (isinstance(key, str) and is_secret_key(key))
         }
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         if depth_left <= 0:
             raise TooDeep("nested deeper than allowed")
-        return [_redact(item, depth_left - 1) for item in value]
+        return [_redacted_copy(item, depth_left - 1) for item in value]
     return value
 
 

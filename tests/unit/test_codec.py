@@ -1,0 +1,257 @@
+"""Codec: every registered model round-trips, decodes with Apache avro and vice versa, carries a
+correct single-object header, and agrees with its schema; every .avsc has a model."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import avro.io
+import avro.schema
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.avro_strategies import crc64_avro, records
+from trovemeter import codec as codec_module
+from trovemeter.codec import (
+    AVRO_DIR,
+    SCHEMA_NAME_HEADER,
+    SINGLE_OBJECT_MAGIC,
+    Codec,
+    CodecError,
+    SchemaMismatch,
+    decode,
+    default_codec,
+    encode,
+    header_for,
+    serde_for,
+)
+from trovemeter.model import (
+    AmqpProperties,
+    DeadLetter,
+    Notification,
+    Phase,
+    RejectReason,
+    ResourceType,
+)
+from trovemeter.schema_agreement import model_problems
+from trovemeter.schemas_command import apache_canonical_form
+from trovemeter.settings import CommonSettings
+
+ENTRIES = default_codec().entries()
+NAMES = [entry.full_name for entry in ENTRIES]
+EXAMPLES = settings(max_examples=40, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def entry_named(name: str):
+    return default_codec().entry_named(name)
+
+
+def apache_schema(entry) -> avro.schema.Schema:
+    return avro.schema.parse(json.dumps(entry.schema))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@EXAMPLES
+@given(data=st.data())
+def test_round_trip(name, data):
+    entry = entry_named(name)
+    record = data.draw(records(entry.model))
+    encoded = encode(record)
+    assert decode(encoded) == record
+
+
+@pytest.mark.parametrize("name", NAMES)
+@EXAMPLES
+@given(data=st.data())
+def test_fastavro_written_bytes_decode_with_apache_avro(name, data):
+    entry = entry_named(name)
+    record = data.draw(records(entry.model))
+    encoded = encode(record)
+    # The fingerprint in the header is the one Apache avro computes for the .avsc file.
+    expected = crc64_avro(apache_canonical_form(entry.schema).encode()).to_bytes(8, "little")
+    assert encoded[:2] == b"\xc3\x01" and encoded[2:10] == expected
+    reader = avro.io.DatumReader(apache_schema(entry))
+    datum = reader.read(avro.io.BinaryDecoder(io.BytesIO(encoded[10:])))
+    assert datum == entry.to_avro(record)
+    assert entry.from_avro(datum) == record
+
+
+@pytest.mark.parametrize("name", NAMES)
+@EXAMPLES
+@given(data=st.data())
+def test_apache_avro_written_bytes_decode_with_trovemeter(name, data):
+    entry = entry_named(name)
+    record = data.draw(records(entry.model))
+    schema = apache_schema(entry)
+    body = io.BytesIO()
+    avro.io.DatumWriter(schema).write(entry.to_avro(record), avro.io.BinaryEncoder(body))
+    fingerprint = crc64_avro(apache_canonical_form(entry.schema).encode()).to_bytes(8, "little")
+    assert decode(b"\xc3\x01" + fingerprint + body.getvalue()) == record
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_object_header_is_marker_plus_crc64_of_canonical_form(name):
+    entry = entry_named(name)
+    fingerprint = crc64_avro(entry.canonical_form.encode()).to_bytes(8, "little")
+    assert entry.fingerprint == fingerprint
+    assert entry.header == SINGLE_OBJECT_MAGIC + fingerprint == b"\xc3\x01" + fingerprint
+    # Parsing Canonical Form drops docs, defaults and logical types, and uses full names.
+    assert '"doc"' not in entry.canonical_form and "logicalType" not in entry.canonical_form
+    assert entry.canonical_form.startswith('{"name":"' + entry.full_name + '","type":"record"')
+
+
+def test_crc64_matches_the_specification_example_value():
+    # Fingerprint of the canonical form "null"; a well-known value from the Avro test suites.
+    assert crc64_avro(b'"null"') == 0x63DD24E7CC258F8A
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_agrees_with_schema(name):
+    entry = entry_named(name)
+    assert model_problems(entry.model, entry.schema) == []
+
+
+def test_every_avsc_in_avro_dir_has_a_registered_model():
+    registered = {entry.path.name for entry in ENTRIES}
+    files = {path.name for path in AVRO_DIR.glob("*.avsc")}
+    assert files, f"no schemas found in {AVRO_DIR}"
+    assert files - registered == set(), "schemas without a model in trovemeter.codec.MODELS"
+    assert len(registered) == len(ENTRIES) == len(codec_module.MODELS)
+
+
+def test_header_names_the_schema():
+    record = DeadLetter.from_delivery(b"x", RejectReason.NOT_JSON, "body is not JSON",
+                                      exchange="trove", routing_key="notifications.info")
+    assert header_for(record) == (SCHEMA_NAME_HEADER, b"trovemeter.DeadLetter")
+    assert default_codec().headers_for(record) == [header_for(record)]
+
+
+def test_the_fixture_payload_travels_as_json_text():
+    record = Notification("m", "dbaas.x.start", ResourceType.INSTANCE, "x", Phase.START, "p",
+                          "INFO", datetime(2026, 1, 1, tzinfo=UTC), payload={"name": "ü-数据"})
+    datum = entry_named("trovemeter.Notification").to_avro(record)
+    assert json.loads(datum["payload"]) == {"name": "ü-数据"} and datum["context"] == "{}"
+
+
+def test_payload_with_integers_beyond_64_bits_still_encodes():
+    record = Notification("m", "e", ResourceType.UNKNOWN, "e", Phase.POINT, "p", "INFO",
+                          datetime(2026, 1, 1, tzinfo=UTC), payload={"n": 2**70})
+    assert decode(encode(record)).payload == {"n": 2**70}
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "no C3 01 marker"),
+    (b"\x00\x00\x00\x00\x01" + b"\x00" * 10, "no C3 01 marker"),
+    (b"\xc3\x01" + b"\x00" * 8 + b"\x02", "no schema registered with fingerprint"),
+])
+def test_decode_rejects_foreign_bytes(data, words):
+    with pytest.raises(CodecError, match=words):
+        decode(data)
+
+
+def test_decode_rejects_a_truncated_body():
+    record = DeadLetter.from_delivery(b"x" * 50, RejectReason.NOT_JSON, "d", exchange="e",
+                                      routing_key="r")
+    with pytest.raises(CodecError, match="corrupt trovemeter.DeadLetter"):
+        decode(encode(record)[:30])
+
+
+def test_encode_rejects_unregistered_records():
+    with pytest.raises(CodecError, match="no schema registered"):
+        encode(object())
+
+
+def test_dead_letter_masks_secrets_and_truncates():
+    body = b'{"_context_auth_token": "live-token", "payload": ' + b"x" * 100
+    letter = DeadLetter.from_delivery(body, RejectReason.TOO_LARGE, "too big", exchange="trove",
+                                      routing_key="notifications.info", max_body_bytes=60,
+                                      properties=AmqpProperties(content_type="application/json",
+                                                                headers={"k": "v"}))
+    assert b"live-token" not in letter.body and letter.body_redacted
+    assert letter.body_length == len(body) and len(letter.body) <= 60
+    assert decode(encode(letter)) == letter
+
+
+def test_amqp_properties_from_a_pika_like_object():
+    class Props:
+        content_type = "application/json"
+        content_encoding = "utf-8"
+        headers = {"x-death": [{"count": 1}], "b": b"raw"}
+        delivery_mode = 2
+        priority = 0
+
+    props = AmqpProperties.from_object(Props())
+    assert props.headers == {"x-death": '[{"count": 1}]', "b": "raw"}
+    assert (props.delivery_mode, props.message_id) == (2, None)
+
+
+# --- registering a new pair, and what a mismatch looks like -----------------------------------
+
+SCHEMA = {
+    "type": "record", "name": "Probe", "namespace": "test",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "at", "type": {"type": "long", "logicalType": "timestamp-micros"}},
+        {"name": "note", "type": ["null", "string"], "default": None},
+        {"name": "attrs", "type": {"type": "map", "values": "string"}, "default": {}},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    id: str
+    at: datetime
+    note: str | None = None
+    attrs: dict[str, str] = field(default_factory=dict)
+
+
+def test_register_a_new_pair(tmp_path):
+    path = tmp_path / "probe.avsc"
+    path.write_text(json.dumps(SCHEMA))
+    codec = Codec()
+    entry = codec.register(Probe, path)
+    record = Probe("p-1", datetime(2026, 1, 1, tzinfo=UTC), attrs={"a": "b"})
+    assert entry.full_name == "test.Probe"
+    assert codec.decode(codec.encode(record)) == record
+    with pytest.raises(CodecError, match="already registered"):
+        codec.register(Probe, path)
+
+
+@dataclass(frozen=True)
+class WrongProbe:
+    id: int
+    at: str
+    note: str | None
+    attrs: dict[str, int] = field(default_factory=dict)
+
+
+def test_mismatches_are_named(tmp_path):
+    problems = " | ".join(model_problems(WrongProbe, {**SCHEMA, "name": "WrongProbe"}))
+    assert "WrongProbe.id: model int needs long or int, schema has 'string'" in problems
+    assert "WrongProbe.at: model str needs string" in problems
+    assert "WrongProbe.note: optional field needs default None in the model" in problems
+    assert "WrongProbe.attrs: model int needs long or int, schema has 'string'" in problems
+    path = tmp_path / "probe.avsc"
+    path.write_text(json.dumps(SCHEMA))
+    with pytest.raises(SchemaMismatch, match="record is named 'Probe'"):
+        Codec().register(WrongProbe, path)
+
+
+def test_field_order_and_enum_symbols_must_agree():
+    schema = json.loads((AVRO_DIR / "notification.avsc").read_text())
+    schema["fields"][2]["type"]["symbols"] = ["instance", "cluster"]
+    assert any("enum ResourceType" in p for p in model_problems(Notification, schema))
+    schema["fields"].reverse()
+    assert any("fields differ" in p for p in model_problems(Notification, schema))
+
+
+def test_serde_for_settings_picks_the_wire_format():
+    assert serde_for(CommonSettings()) is default_codec()
+    registry = serde_for(CommonSettings(schema_registry_url="mock://serde-for"))
+    assert type(registry).__name__ == "ConfluentCodec"

@@ -1,0 +1,254 @@
+"""Records <-> Avro bytes. Each model class is registered with its schema file in ``avro/``.
+
+Default wire format: Avro single-object encoding (``C3 01`` + the schema's 8-byte little-endian
+CRC-64-AVRO fingerprint + the Avro binary body), so any Avro library decodes a value with the
+``.avsc`` file alone; ``decode`` finds the schema from the fingerprint. Producers also send the
+schema's full name in the ``SCHEMA_NAME_HEADER`` Kafka header. With a Schema Registry configured,
+``serde_for`` returns the Confluent wire format instead (``registry_codec``).
+
+The dataclass <-> Avro datum conversion is designed once, from the model's type hints (see
+``schema_agreement`` for the correspondence): enums travel as their values, datetimes as
+timestamp-micros, ``dict[str, Any]`` as JSON text, nested dataclasses as records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import io
+import json
+import operator
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import fastavro
+import orjson
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from trovemeter.model import DeadLetter, Notification, UsageRecord
+from trovemeter.schema_agreement import is_json_object, model_problems, non_null
+
+if TYPE_CHECKING:
+    from trovemeter.settings import CommonSettings
+
+# The package is installed editable; the schemas live next to it, in the repository's avro/.
+AVRO_DIR = Path(__file__).resolve().parent.parent / "avro"
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+SCHEMA_NAME_HEADER = "avro.schema.name"
+
+# Every record that reaches Kafka: model class and its schema file in avro/.
+MODELS: tuple[tuple[type, str], ...] = (
+    (Notification, "notification.avsc"),
+    (DeadLetter, "dead_letter.avsc"),
+    (UsageRecord, "usage.avsc"),
+)
+
+
+class CodecError(ValueError):
+    """A record or a value that this codec cannot encode or decode."""
+
+
+class SchemaMismatch(CodecError):
+    """A model and its schema disagree; raised at registration, so at start-up."""
+
+
+class RecordSerde(Protocol):
+    """What producers and consumers call, whichever the wire format."""
+
+    def encode(self, record: Any, topic: str | None = None) -> bytes: ...
+
+    def decode(self, data: bytes, topic: str | None = None) -> Any: ...
+
+    def headers_for(self, record: Any) -> list[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredSchema:
+    model: type
+    path: Path
+    schema: dict[str, Any]  # the .avsc as written
+    parsed: dict[str, Any]  # fastavro's parsed form, reused for every record
+    full_name: str
+    canonical_form: str  # Avro Parsing Canonical Form
+    fingerprint: bytes  # CRC-64-AVRO, little-endian, as in the single-object header
+    header: bytes  # C3 01 + fingerprint
+    to_avro: Callable[[Any], dict[str, Any]]
+    from_avro: Callable[[dict[str, Any]], Any]
+
+    @property
+    def kafka_header(self) -> tuple[str, bytes]:
+        return (SCHEMA_NAME_HEADER, self.full_name.encode())
+
+
+class Codec:
+    """Registry of (model, schema) pairs; encodes and decodes single-object Avro."""
+
+    def __init__(self) -> None:
+        self._by_model: dict[type, RegisteredSchema] = {}
+        self._by_fingerprint: dict[bytes, RegisteredSchema] = {}
+        self._by_name: dict[str, RegisteredSchema] = {}
+
+    def register(self, model: type, avsc: str | Path) -> RegisteredSchema:
+        """Register ``model`` with its schema (a file name in ``avro/`` or a path). Raises
+        ``SchemaMismatch`` when they disagree, ``CodecError`` on a duplicate."""
+        path = Path(avsc) if Path(avsc).is_absolute() else AVRO_DIR / avsc
+        schema = json.loads(path.read_text(encoding="utf-8"))
+        problems = model_problems(model, schema)
+        if problems:
+            raise SchemaMismatch(f"{path.name} vs {model.__qualname__}: " + "; ".join(problems))
+        parsed = fastavro.parse_schema(schema)
+        canonical = to_parsing_canonical_form(parsed)
+        digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+        full_name = parsed["name"]
+        for key, table, what in ((model, self._by_model, "model"),
+                                 (digest, self._by_fingerprint, "fingerprint"),
+                                 (full_name, self._by_name, "schema name")):
+            if key in table:
+                raise CodecError(f"{path.name}: {what} already registered by "
+                                 f"{table[key].path.name}")
+        to_avro, from_avro = _converters(model, typing.get_type_hints(model))
+        entry = RegisteredSchema(model, path, schema, parsed, full_name, canonical, digest,
+                                 SINGLE_OBJECT_MAGIC + digest, to_avro, from_avro)
+        self._by_model[model] = entry
+        self._by_fingerprint[digest] = entry
+        self._by_name[full_name] = entry
+        return entry
+
+    def entries(self) -> list[RegisteredSchema]:
+        return list(self._by_model.values())
+
+    def entry_for(self, model_or_record: Any) -> RegisteredSchema:
+        model = model_or_record if isinstance(model_or_record, type) else type(model_or_record)
+        try:
+            return self._by_model[model]
+        except KeyError:
+            raise CodecError(f"no schema registered for {model.__qualname__}") from None
+
+    def entry_named(self, full_name: str) -> RegisteredSchema:
+        try:
+            return self._by_name[full_name]
+        except KeyError:
+            raise CodecError(f"no model registered for schema {full_name}") from None
+
+    def encode(self, record: Any, topic: str | None = None) -> bytes:
+        """Single-object encoding of ``record``. ``topic`` is unused (``RecordSerde``)."""
+        entry = self.entry_for(record)
+        buffer = io.BytesIO()
+        buffer.write(entry.header)
+        try:
+            fastavro.schemaless_writer(buffer, entry.parsed, entry.to_avro(record))
+        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
+            raise CodecError(f"cannot encode {entry.full_name}: {exc}") from exc
+        return buffer.getvalue()
+
+    def decode(self, data: bytes, topic: str | None = None) -> Any:
+        """The record in single-object encoded ``data``; the schema comes from its fingerprint."""
+        if len(data) < 10 or data[:2] != SINGLE_OBJECT_MAGIC:
+            raise CodecError("not Avro single-object encoding (no C3 01 marker)")
+        entry = self._by_fingerprint.get(bytes(data[2:10]))
+        if entry is None:
+            raise CodecError(f"no schema registered with fingerprint {bytes(data[2:10]).hex()}")
+        buffer = io.BytesIO(data)
+        buffer.seek(10)
+        try:
+            datum = fastavro.schemaless_reader(buffer, entry.parsed, None)
+        except (ValueError, TypeError, EOFError, IndexError, UnicodeError) as exc:
+            raise CodecError(f"corrupt {entry.full_name} body: {exc}") from exc
+        return entry.from_avro(datum)  # type: ignore[arg-type]
+
+    def headers_for(self, record: Any) -> list[tuple[str, bytes]]:
+        return [self.entry_for(record).kafka_header]
+
+
+@functools.cache
+def default_codec() -> Codec:
+    """The codec with every model in ``MODELS`` registered."""
+    codec = Codec()
+    for model, avsc in MODELS:
+        codec.register(model, avsc)
+    return codec
+
+
+def encode(record: Any) -> bytes:
+    return default_codec().encode(record)
+
+
+def decode(data: bytes) -> Any:
+    return default_codec().decode(data)
+
+
+def header_for(record: Any) -> tuple[str, bytes]:
+    """The Kafka header naming ``record``'s schema: (``SCHEMA_NAME_HEADER``, full name)."""
+    return default_codec().entry_for(record).kafka_header
+
+
+def serde_for(settings: CommonSettings) -> RecordSerde:
+    """The wire format the settings ask for: Confluent's (schema id) when a Schema Registry URL
+    is set, else single-object encoding."""
+    if settings.schema_registry_url:
+        from trovemeter.registry_codec import ConfluentCodec  # imports confluent_kafka
+
+        return ConfluentCodec(settings.schema_registry_url)
+    return default_codec()
+
+
+# --- dataclass <-> Avro datum -------------------------------------------------------------
+
+Convert = Callable[[Any], Any]
+
+
+def _converters(model: type, hints: dict[str, Any]) -> tuple[Convert, Convert]:
+    """(to_avro, from_avro) for ``model``: only fields that need a conversion pay for one."""
+    names = tuple(f.name for f in dataclasses.fields(model))
+    outbound: list[tuple[str, Convert]] = []
+    inbound: list[tuple[str, Convert]] = []
+    for name in names:
+        pair = _field_converters(hints[name])
+        if pair is not None:
+            outbound.append((name, pair[0]))
+            inbound.append((name, pair[1]))
+    get_all = operator.attrgetter(*names)
+
+    def to_avro(record: Any) -> dict[str, Any]:
+        values = get_all(record)
+        datum = dict(zip(names, values if len(names) > 1 else (values,), strict=True))
+        for name, convert in outbound:
+            datum[name] = convert(datum[name])
+        return datum
+
+    def from_avro(datum: dict[str, Any]) -> Any:
+        for name, convert in inbound:
+            datum[name] = convert(datum[name])
+        return model(**datum)
+
+    return to_avro, from_avro
+
+
+def _field_converters(hint: Any) -> tuple[Convert, Convert] | None:
+    inner = non_null(hint)
+    pair = _value_converters(inner)
+    if pair is None or inner is hint:
+        return pair
+    out, back = pair  # optional: None passes through untouched
+    return (lambda v: None if v is None else out(v)), (lambda v: None if v is None else back(v))
+
+
+def _value_converters(hint: Any) -> tuple[Convert, Convert] | None:
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return operator.attrgetter("value"), hint
+    if is_json_object(hint):
+        return _json_text, orjson.loads
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _converters(hint, typing.get_type_hints(hint))
+    return None  # str, numbers, bytes, datetime (fastavro's logical types), maps, lists
+
+
+def _json_text(value: dict[str, Any]) -> str:
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:  # integers beyond 64 bits, which orjson does not write
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
