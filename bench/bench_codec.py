@@ -49,7 +49,8 @@ def stdlib_double_decode(body: bytes) -> dict[str, Any]:
     return json.loads(inner) if isinstance(inner, str) else outer
 
 
-def measure(step: Callable[[], object], batch: int, seconds: float, repeats: int) -> dict[str, float]:
+def measure(step: Callable[[], object], batch: int, seconds: float,
+            repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` rate of ``step`` (which handles ``batch`` messages per call)."""
     best_cpu = best_wall = float("inf")
     per_repeat = max(1, int(seconds / repeats / max(_one_call(step), 1e-7)))

@@ -121,8 +121,9 @@ def _check_transport(body: bytes, content_type: str | None, content_encoding: st
             raise BadNotification(RejectReason.CONTENT_ENCODING,
                                   f"content type {content_type!r} is not utf-8")
     if body.startswith(_COMPRESSED_MAGIC):
-        raise BadNotification(RejectReason.CONTENT_ENCODING,
-                              f"body is compressed (starts with {body[:4].hex(' ')}), not JSON text")
+        raise BadNotification(
+            RejectReason.CONTENT_ENCODING,
+            f"body is compressed (starts with {body[:4].hex(' ')}), not JSON text")
 
 
 def _loads(data: bytes | str, what: str, reason: RejectReason) -> Any:

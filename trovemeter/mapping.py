@@ -193,7 +193,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise MappingError(f"{path}: the event mapping must be a YAML mapping at the top level")
     unknown = set(document) - _TOP_LEVEL_KEYS
     if unknown:
-        raise MappingError(f"{path}: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
+        raise MappingError(
+            f"{path}: unknown top-level key(s): {', '.join(sorted(map(str, unknown)))}")
     if document.get("version", 1) != 1:
         raise MappingError(f"{path}: unsupported mapping version {document['version']!r} "
                            "(this trovemeter reads version 1)")

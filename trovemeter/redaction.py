@@ -45,7 +45,7 @@ _SCALARS = (int, float, bool, type(None))
 
 
 def is_secret_key(key: str) -> bool:
-    """True when ``key`` names a secret (``auth_token``, ``_context_auth_token``, ``db_password``)."""
+    """True when ``key`` names a secret: ``auth_token``, ``db_password``, ``X-Auth-Token``."""
     secret = _SECRET_KEYS.get(key)
     if secret is None:
         lowered = key.lower()
@@ -120,20 +120,28 @@ def _is_clean(value: Any, depth_left: int) -> bool:
 
 
 def _redacted_copy(value: Any, depth_left: int) -> Any:
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return mask_url_password(value)
+    if kind in _SCALARS:
+        return value
+    if depth_left <= 0 and isinstance(value, (dict, list, tuple)):
+        raise TooDeep("nested deeper than allowed")
     if isinstance(value, dict):
-        if depth_left <= 0:
-            raise TooDeep("nested deeper than allowed")
-        return {
-            key: _redacted_copy(item, depth_left - 1)
-            for key, item in value.items()
-            if not (isinstance(key, str) and is_secret_key(key))
-        }
+        copy = {}
+        for key, item in value.items():
+            if isinstance(key, str) and is_secret_key(key):
+                continue
+            item_kind = type(item)
+            if item_kind in _SCALARS or (item_kind is str and "://" not in item):
+                copy[key] = item  # the common leaf: no call
+            else:
+                copy[key] = _redacted_copy(item, depth_left - 1)
+        return copy
     if isinstance(value, (list, tuple)):
-        if depth_left <= 0:
-            raise TooDeep("nested deeper than allowed")
         return [_redacted_copy(item, depth_left - 1) for item in value]
+    if isinstance(value, str):  # a str subclass
+        return mask_url_password(value)
     return value
 
 

@@ -8,8 +8,11 @@ import json
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from trovemeter.envelope import BadNotification, MAX_NESTING, parse_body
+from trovemeter.codec import decode, encode
+from trovemeter.envelope import MAX_NESTING, BadNotification, parse_body
 from trovemeter.model import RejectReason as R
 
 MAX = 1_048_576
@@ -56,7 +59,8 @@ def test_the_good_bodies_parse():
 
 def test_over_the_size_limit():
     body = v2(GOOD_INNER)
-    rejects(body, R.TOO_LARGE, words=f"over the {len(body) - 1}-byte limit", max_bytes=len(body) - 1)
+    limit = len(body) - 1
+    rejects(body, R.TOO_LARGE, words=f"over the {limit}-byte limit", max_bytes=limit)
     assert parse_body(body, max_bytes=len(body)).message_id == GOOD_INNER["message_id"]
 
 
@@ -200,3 +204,58 @@ def test_utf8_declarations_are_accepted():
 def test_lone_surrogate_escape_is_rejected():
     body = v1(GOOD_INNER).replace(b'"req-1"', b'"\\ud800"')
     rejects(body, R.NOT_JSON, words="not JSON")
+
+
+# --- whatever arrives: a Notification that encodes, or a BadNotification; nothing else --------
+
+JSON_ANY = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False,
+                                                                 allow_infinity=False),
+              st.text(max_size=12)),
+    lambda children: st.one_of(st.lists(children, max_size=3),
+                               st.dictionaries(st.text(max_size=8), children, max_size=3)),
+    max_leaves=10,
+)
+FIELD_VALUES = {
+    "message_id": st.one_of(st.text(max_size=8), JSON_ANY),
+    "publisher_id": st.one_of(st.text(max_size=8), JSON_ANY),
+    "event_type": st.one_of(st.sampled_from(["dbaas.instance_create.end", "trove.instance.exists",
+                                             "cluster.create.start", "x"]), JSON_ANY),
+    "priority": st.one_of(st.sampled_from(["INFO", "error"]), JSON_ANY),
+    "payload": st.one_of(st.dictionaries(st.sampled_from(["instance_id", "tenant_id", "exception",
+                                                          "message", "auth_token", "id"]),
+                                         JSON_ANY, max_size=4), JSON_ANY),
+    "timestamp": st.one_of(st.sampled_from(["2026-11-25 20:33:26.681256", "2026-11-25"]),
+                           st.text(max_size=30), JSON_ANY),
+    "_context_auth_token": JSON_ANY,
+    "_context_request_id": JSON_ANY,
+}
+MESSAGES = st.fixed_dictionaries({}, optional=FIELD_VALUES)
+
+
+def parses_or_rejects(body: bytes) -> None:
+    try:
+        notification = parse_body(body, max_bytes=MAX)
+    except BadNotification as error:
+        assert isinstance(error.reason, R) and "\n" not in error.detail
+        return
+    assert decode(encode(notification)) == notification
+    assert "auth_token" not in json.dumps([notification.payload, notification.context])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes(body):
+    parses_or_rejects(body)
+
+
+@settings(max_examples=150, deadline=None)
+@given(MESSAGES, st.sampled_from(["v1", "v2", "v2-raw"]))
+def test_arbitrary_messages(message, wrapping):
+    if wrapping == "v1":
+        body = v1(message)
+    elif wrapping == "v2":
+        body = v2(message)
+    else:  # oslo.message not stringified
+        body = json.dumps({"oslo.version": "2.0", "oslo.message": message}).encode()
+    parses_or_rejects(body)

@@ -44,7 +44,8 @@ EXPECTED = {
 
 
 def fixture(name: str) -> tuple[bytes, dict]:
-    return (WIRE / f"{name}.body").read_bytes(), json.loads((WIRE / f"{name}.meta.json").read_text())
+    meta = json.loads((WIRE / f"{name}.meta.json").read_text())
+    return (WIRE / f"{name}.body").read_bytes(), meta
 
 
 def parse_fixture(name: str) -> Notification:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import string
 
 import pytest
 from hypothesis import given, settings
@@ -51,7 +52,8 @@ def test_no_secret_named_key_survives_at_any_depth(document):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.dictionaries(PLAIN_KEYS, SCALARS.filter(lambda v: not isinstance(v, str) or "://" not in v)))
+@given(st.dictionaries(PLAIN_KEYS,
+                      SCALARS.filter(lambda v: not isinstance(v, str) or "://" not in v)))
 def test_documents_without_secrets_are_unchanged(document):
     assert redact(document) == document
 
@@ -70,7 +72,7 @@ def test_ordinary_key_names(key):
 
 
 USERS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=10)
-PASSWORDS = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!$%&*+=-_~",
+PASSWORDS = st.text(alphabet=string.ascii_letters + string.digits + "!$%&*+=-_~",
                     min_size=1, max_size=16)
 HOSTS = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=12)
 
