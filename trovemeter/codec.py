@@ -29,7 +29,14 @@ import fastavro
 import orjson
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from trovemeter.model import DeadLetter, Notification, UsageRecord
+from trovemeter.model import (
+    DeadLetter,
+    Notification,
+    OperationCompleted,
+    OperationError,
+    ResourceState,
+    UsageRecord,
+)
 from trovemeter.schema_agreement import is_json_object, model_problems, non_null
 
 if TYPE_CHECKING:
@@ -45,6 +52,9 @@ MODELS: tuple[tuple[type, str], ...] = (
     (Notification, "notification.avsc"),
     (DeadLetter, "dead_letter.avsc"),
     (UsageRecord, "usage.avsc"),
+    (OperationCompleted, "operation.avsc"),
+    (OperationError, "operation_error.avsc"),
+    (ResourceState, "resource_state.avsc"),
 )
 
 

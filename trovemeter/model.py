@@ -209,3 +209,100 @@ class UsageRecord:
 
 
 # --- operation / error / resource-state records (pairing) ---
+
+
+class Outcome(str, enum.Enum):
+    """How an operation ended."""
+
+    SUCCEEDED = "succeeded"  # its end came
+    FAILED = "failed"  # its error came
+    ABANDONED = "abandoned"  # no end or error within the operation's timeout
+
+
+@dataclass(frozen=True, slots=True)
+class OperationCompleted:
+    """One finished operation: a start joined to its end or error. Schema: avro/operation.avsc.
+
+    A record may lack its start (the end came, the start never did: started_at and duration are
+    None) or its end (abandoned: ended_at and duration are None). Attributes come from the end,
+    else from the start.
+    """
+
+    record_id: str  # deterministic per operation (see trovemeter.pairing): consumers drop repeats
+    outcome: Outcome
+    resource_type: ResourceType
+    operation: str
+    request_id: str | None = None
+    resource_id: str | None = None
+    tenant_id: str | None = None
+    user_id: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    duration_seconds: float | None = None
+    start_publisher: str | None = None
+    end_publisher: str | None = None  # of the end, or of the error when failed
+    start_message_id: str | None = None
+    end_message_id: str | None = None
+    flavor_id: str | None = None  # the new flavor of a flavor resize
+    volume_size_gb: int | None = None  # the new size of a volume resize
+    size_gb: float | None = None  # a backup's size
+    datastore: str | None = None
+    datastore_version: str | None = None
+    error_message: str | None = None
+    exception_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OperationError:
+    """The error of one failed operation. Schema: avro/operation_error.avsc."""
+
+    record_id: str  # the record_id of the operation's OperationCompleted
+    resource_type: ResourceType
+    operation: str
+    occurred_at: datetime  # UTC, timezone-aware: when the error notification was sent
+    message_id: str  # of the error notification
+    publisher_id: str
+    request_id: str | None = None
+    resource_id: str | None = None
+    tenant_id: str | None = None
+    user_id: str | None = None
+    error_message: str | None = None
+    exception_class: str | None = None
+    exception_last_line: str | None = None  # the traceback's final line, `module.Class: text`
+
+
+class ResourceStatus(str, enum.Enum):
+    """Lifecycle status of an instance, cluster or backup (a backup is `active` once complete)."""
+
+    BUILDING = "building"
+    ACTIVE = "active"
+    RESIZING = "resizing"
+    REBOOTING = "rebooting"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceState:
+    """Latest known state of one instance, cluster or backup. Schema: avro/resource_state.avsc."""
+
+    resource_id: str
+    resource_type: ResourceType
+    last_event_type: str  # of the newest notification about the resource (by occurred_at)
+    last_event_at: datetime  # UTC, timezone-aware
+    last_message_id: str
+    tenant_id: str | None = None
+    status: ResourceStatus | None = None
+    flavor_id: str | None = None
+    flavor_name: str | None = None
+    volume_size_gb: int | None = None
+    size_gb: float | None = None  # backups
+    cluster_size: int | None = None  # clusters: number of member instances
+    instance_ids: list[str] | None = None  # clusters: member instance ids, sorted
+    name: str | None = None
+    datastore: str | None = None
+    datastore_version: str | None = None
+    created_at: datetime | None = None
+    launched_at: datetime | None = None
+    deleted_at: datetime | None = None

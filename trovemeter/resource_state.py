@@ -1,0 +1,257 @@
+"""Resource state: the latest known status and attributes of each instance, cluster and backup.
+
+Pure: no Faust, no Kafka, no clock. The agent keeps one ``TrackedResource`` per resource id in
+a table (as ``to_dict()``), calls ``apply`` for each notification of that resource, writes the
+table when ``apply`` returns a different object, and sends ``tracked.state`` to the compacted
+trove.resources when the state differs from the previous one.
+
+Order independence: notifications of one resource arrive in any order and any number of times,
+and the state must not depend on it. So:
+
+- each attribute (status, flavor, volume size, name, ...) keeps the value reported by the newest
+  event that reported it (by occurred_at; at equal times the greater value, an arbitrary but
+  fixed choice), which is why ``TrackedResource`` remembers, per attribute, when its value was
+  reported;
+- deletion is terminal: once any event says the resource is deleted, its status stays
+  ``deleted``, however new the other events are (an exists audit may be stamped after the
+  delete: it describes an earlier period);
+- created_at, launched_at and deleted_at keep the earliest report;
+- last_event_* describe the newest event (ties broken by message id).
+
+Which events say what:
+
+- starts report only the status and the tenant (a start states an intent: a dbaas resize
+  start names the *target* flavor, which is not the flavor until the resize is done);
+- ends, errors and usage notifications (trove.instance.*, phase point) also report attributes;
+- a dbaas resize end carries no flavor or size: Trove's taskmanager follows it with
+  trove.instance.modify_flavor / modify_volume, which report the new ones;
+- an error leaves a failed create or delete in ``error``; after a failed restart, resize, ...
+  the resource is ``active`` again (it usually survives them, and the hourly
+  trove.instance.exists audit reports the actual state);
+- the create start of the dbaas family has no resource id and creates nothing: the resource
+  appears with its create end, whose payload repeats the start's fields.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from typing import Any
+
+from trovemeter.model import Notification, Phase, ResourceState, ResourceStatus, ResourceType
+from trovemeter.payload_values import (
+    as_float,
+    as_int,
+    as_text,
+    as_utc,
+    datastore_of,
+    first_present,
+)
+
+TRACKED_TYPES = frozenset({ResourceType.INSTANCE, ResourceType.CLUSTER, ResourceType.BACKUP})
+
+_S = ResourceStatus
+# operation -> (status while it runs, status once it ended)
+_STATUS_BY_OPERATION: Mapping[str, tuple[ResourceStatus, ResourceStatus]] = {
+    "create": (_S.BUILDING, _S.ACTIVE),
+    "delete": (_S.DELETING, _S.DELETED),
+    "resize_flavor": (_S.RESIZING, _S.ACTIVE),
+    "resize_volume": (_S.RESIZING, _S.ACTIVE),
+    "resize": (_S.RESIZING, _S.ACTIVE),
+    "grow": (_S.RESIZING, _S.ACTIVE),
+    "shrink": (_S.RESIZING, _S.ACTIVE),
+    "restart": (_S.REBOOTING, _S.ACTIVE),
+    "reboot": (_S.REBOOTING, _S.ACTIVE),
+}
+_ERROR_LEAVES_ERROR = frozenset({"create", "delete"})
+
+# The `state` of usage payloads (Trove's instance status, lower case) -> status. States that say
+# nothing about the lifecycle (backup, restart_required, blocked, ...) are left out.
+_USAGE_STATES: Mapping[str, ResourceStatus] = {
+    "active": _S.ACTIVE,
+    "healthy": _S.ACTIVE,
+    "build": _S.BUILDING,
+    "build_pending": _S.BUILDING,
+    "reboot": _S.REBOOTING,
+    "resize": _S.RESIZING,
+    "error": _S.ERROR,
+    "failed": _S.ERROR,
+    "deleted": _S.DELETED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedResource:
+    """A resource's state and, per attribute, the event time of the report it holds."""
+
+    state: ResourceState
+    reported_at: Mapping[str, datetime]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "state": {
+                name: _plain(value)
+                for name in _STATE_FIELDS
+                if (value := getattr(self.state, name)) is not None
+            },
+            "reported_at": {name: moment.isoformat() for name, moment in self.reported_at.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrackedResource:
+        values = dict(data["state"])
+        values["resource_type"] = ResourceType(values["resource_type"])
+        if "status" in values:
+            values["status"] = ResourceStatus(values["status"])
+        for name in _STATE_TIMES:
+            if name in values:
+                values[name] = datetime.fromisoformat(values[name])
+        reported_at = {name: datetime.fromisoformat(v) for name, v in data["reported_at"].items()}
+        return cls(ResourceState(**values), reported_at)
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(ResourceState))
+_STATE_TIMES = ("last_event_at", "created_at", "launched_at", "deleted_at")
+
+
+def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource | None:
+    """Fold one notification into its resource's state.
+
+    Returns ``tracked`` itself when nothing changes (a repeat, an event older than everything it
+    reports, an event of another kind of resource), else the new state.
+    """
+    if n.resource_id is None or n.resource_type not in TRACKED_TYPES:
+        return tracked
+    if tracked is not None and tracked.state.resource_type is not n.resource_type:
+        return tracked  # another kind of resource claims the id: not this resource's event
+    state = tracked.state if tracked is not None else None
+    reported_at = tracked.reported_at if tracked is not None else {}
+    at = n.occurred_at
+    changes: dict[str, Any] = {}
+    new_reported_at: dict[str, datetime] = {}
+
+    for name, value in _latest_reports(n):
+        current = getattr(state, name) if state is not None else None
+        if name == "status":
+            if current is _S.DELETED:
+                continue
+            if value is _S.DELETED:
+                changes[name] = value  # terminal, whatever the time of the other reports
+                continue
+        previous_at = reported_at.get(name)
+        if previous_at is not None and (at, _tie(value)) <= (previous_at, _tie(current)):
+            continue
+        if value != current:
+            changes[name] = value
+        new_reported_at[name] = at
+
+    for name, moment in _earliest_reports(n):
+        current = changes.get(name, getattr(state, name) if state is not None else None)
+        if current is None or moment < current:
+            changes[name] = moment
+
+    if state is None or (at, n.message_id) > (state.last_event_at, state.last_message_id):
+        changes.update(last_event_type=n.event_type, last_event_at=at, last_message_id=n.message_id)
+
+    if not changes and not new_reported_at:
+        return tracked
+    if state is None:
+        new_state = ResourceState(
+            resource_id=n.resource_id, resource_type=n.resource_type, **changes
+        )
+    else:
+        new_state = replace(state, **changes) if changes else state
+    merged = {**reported_at, **new_reported_at}
+    if new_state.status is _S.DELETED:
+        merged.pop("status", None)  # never compared again; dropped so the entry is order-free
+    return TrackedResource(new_state, merged)
+
+
+def _latest_reports(n: Notification) -> list[tuple[str, Any]]:
+    """(attribute, value) pairs this event reports, to be kept if it is the newest report."""
+    reports: list[tuple[str, Any]] = []
+    status = _status(n)
+    if status is not None:
+        reports.append(("status", status))
+    if n.tenant_id:
+        reports.append(("tenant_id", n.tenant_id))
+    if n.phase is Phase.START:
+        return reports
+    payload = n.payload
+    if n.resource_type is ResourceType.INSTANCE:
+        reports += [
+            ("flavor_id", as_text(first_present(payload, "instance_type_id", "flavor_id"))),
+            ("flavor_name", as_text(payload.get("instance_type"))),
+            ("volume_size_gb", as_int(payload.get("volume_size"))),
+        ]
+    elif n.resource_type is ResourceType.BACKUP:
+        reports.append(("size_gb", as_float(payload.get("size"))))
+    else:
+        reports += [
+            ("cluster_size", as_int(payload.get("cluster_size"))),
+            ("instance_ids", _member_ids(payload.get("instances"))),
+        ]
+    datastore, datastore_version = datastore_of(payload)
+    name = as_text(first_present(payload, "name", "instance_name", "display_name"))
+    reports += [("datastore", datastore), ("datastore_version", datastore_version), ("name", name)]
+    return [(attribute, value) for attribute, value in reports if value is not None]
+
+
+def _earliest_reports(n: Notification) -> list[tuple[str, datetime]]:
+    """(time attribute, moment) pairs this event reports, to be kept if it is the earliest."""
+    payload = n.payload
+    reports = [
+        ("created_at", as_utc(first_present(payload, "created_at", "created"))),
+        ("launched_at", as_utc(payload.get("launched_at"))),
+        ("deleted_at", as_utc(payload.get("deleted_at"))),
+    ]
+    if n.operation == "create" and n.phase is not Phase.POINT:
+        reports.append(("created_at", n.occurred_at))
+        if n.phase is Phase.END and n.resource_type is not ResourceType.BACKUP:
+            reports.append(("launched_at", n.occurred_at))
+    if n.operation == "delete" and n.phase in (Phase.END, Phase.POINT):
+        reports.append(("deleted_at", n.occurred_at))
+    return [(attribute, moment) for attribute, moment in reports if moment is not None]
+
+
+def _member_ids(instances: Any) -> list[str] | None:
+    """Member ids of a design-note cluster payload's ``instances`` list, sorted."""
+    if not isinstance(instances, list):
+        return None
+    ids = [
+        as_text(first_present(member, "instance_id", "id"))
+        for member in instances
+        if isinstance(member, Mapping)
+    ]
+    return sorted(i for i in ids if i is not None) or None
+
+
+def _status(n: Notification) -> ResourceStatus | None:
+    if n.phase is Phase.POINT:
+        if n.operation == "delete":
+            return _S.DELETED
+        return _USAGE_STATES.get(str(n.payload.get("state", "")).lower())
+    statuses = _STATUS_BY_OPERATION.get(n.operation)
+    if statuses is None:
+        return None
+    running, ended = statuses
+    if n.phase is Phase.START:
+        return running
+    if n.phase is Phase.END:
+        return ended
+    return _S.ERROR if n.operation in _ERROR_LEAVES_ERROR else _S.ACTIVE
+
+
+def _tie(value: Any) -> str:
+    """A fixed order between different values reported at the same moment."""
+    return "" if value is None else value.value if isinstance(value, enum.Enum) else str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
