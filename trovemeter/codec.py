@@ -35,6 +35,7 @@ from trovemeter.model import (
     OperationCompleted,
     OperationError,
     ResourceState,
+    UsageDiscrepancy,
     UsageRecord,
 )
 from trovemeter.schema_agreement import is_json_object, model_problems, non_null
@@ -52,6 +53,7 @@ MODELS: tuple[tuple[type, str], ...] = (
     (Notification, "notification.avsc"),
     (DeadLetter, "dead_letter.avsc"),
     (UsageRecord, "usage.avsc"),
+    (UsageDiscrepancy, "usage_discrepancy.avsc"),
     (OperationCompleted, "operation.avsc"),
     (OperationError, "operation_error.avsc"),
     (ResourceState, "resource_state.avsc"),

@@ -208,6 +208,36 @@ class UsageRecord:
     resource_metadata: dict[str, str] = field(default_factory=dict)
 
 
+class DiscrepancyCause(str, enum.Enum):
+    """The likely reason why an exists audit and the lifecycle events disagree."""
+
+    MISSED_CREATE = "missed_create"  # audited, but no create (or a later one) in the lifecycle
+    MISSED_DELETE = "missed_delete"  # the audit reports a delete the lifecycle lacks
+    FLAVOR_MISMATCH = "flavor_mismatch"  # seconds agree, flavor at the audit does not
+    UNEXPECTED_DELETE = "unexpected_delete"  # the lifecycle deleted it inside the audited period
+    UNEXPLAINED = "unexplained"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDiscrepancy:
+    """An exists audit that the lifecycle-derived usage disagrees with (StackTach's usage
+    audit). Schema: avro/usage_discrepancy.avsc."""
+
+    discrepancy_id: str  # stable per (instance, audit period): the topic's key
+    tenant_id: str
+    resource_id: str  # the instance
+    audit_message_id: str
+    audit_period_beginning: datetime  # UTC
+    audit_period_ending: datetime  # UTC
+    audited_seconds: float  # what the audit says the instance lived within its period
+    lifecycle_seconds: float  # what the create/resize/delete events give for that period
+    difference_seconds: float  # audited - lifecycle
+    likely_cause: DiscrepancyCause
+    audited_flavor_id: str | None = None
+    lifecycle_flavor_id: str | None = None  # in force at the end of the period
+    user_id: str | None = None
+
+
 # --- operation / error / resource-state records (pairing) ---
 
 

@@ -71,3 +71,19 @@ class WorkerSettings(CommonSettings):
     store: str = Field("memory://", description="Faust table store (memory:// or rocksdb://)")
     data_dir: str = Field(".stack/faust", description="Faust data directory")
     topic_partitions: int = Field(4, description="Partitions of internal/changelog topics")
+    usage_allowed_lateness_seconds: float = Field(
+        600, ge=0, description="An hour's usage is emitted once event time passes its end + this"
+    )
+    usage_correction_retention_hours: int = Field(
+        6, ge=1, description="Closed hours stay correctable this long (bounds per-resource state)"
+    )
+    usage_exists_tolerance_seconds: float = Field(
+        60, ge=0, description="Exists audit vs lifecycle seconds beyond this is a discrepancy"
+    )
+
+
+class BillSettings(CommonSettings):
+    """Settings of `trovemeter bill` (trove.usage -> invoice lines)."""
+
+    bill_group_id: str = Field("trovemeter-bill", description="Kafka consumer group of the biller")
+    bill_prices: str | None = Field(None, description="Price sheet YAML (etc/prices.example.yaml)")

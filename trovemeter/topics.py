@@ -10,6 +10,7 @@ OPERATIONS = "trove.operations"
 ERRORS = "trove.errors"
 RESOURCES = "trove.resources"
 USAGE = "trove.usage"
+USAGE_DISCREPANCIES = "trove.usage.discrepancies"
 
 
 @dataclass(frozen=True)
@@ -38,4 +39,6 @@ def topic_specs(partitions: int = 4) -> list[TopicSpec]:
                   doc="latest state per resource id (compacted)"),
         TopicSpec(USAGE, partitions, cleanup_policy="compact",
                   doc="hourly usage per tenant/resource/meter; latest version per record id"),
+        TopicSpec(USAGE_DISCREPANCIES, partitions,
+                  doc="exists audits that disagree with the lifecycle-derived usage"),
     ]

@@ -1,0 +1,819 @@
+"""Usage accrual: billing facts of one resource -> hourly usage records (issue #6).
+
+Pure: no Faust, no Kafka, no clock. The caller owns event time: it passes the stream's
+*watermark* (the newest ``occurred_at`` seen on the partition) into every call.
+
+How the Faust agent uses it
+---------------------------
+One ``MeteredResource`` per resource id (instances and backups), kept in an ordinary table as
+``encode_state(state)`` (compact JSON bytes; ``to_dict`` gives the same as a plain dict):
+
+- for each notification of a resource: ``step = apply(state, notification, watermark, policy)``;
+- when the watermark crosses ``hour + allowed_lateness``: ``advance(state, watermark, policy)``
+  for every key of the partition, so that hours without any event still get their usage;
+- after either call: send ``step.records`` to trove.usage (key: record_id) and
+  ``step.discrepancies`` to trove.usage.discrepancies; write the table key only when
+  ``step.state is not state`` (nothing changed otherwise), and delete it when ``step.state`` is
+  None (the resource is finished and beyond the correction retention).
+
+Facts, not events
+-----------------
+A notification contributes *facts*: the resource started (instance launched, backup completed),
+ended (deleted), its flavor or size changed, its flavor's name, an exists audit. Each fact is
+kept with its source rank and message id, and every quantity is a pure function of the set of
+facts, so duplicated, reordered or replayed notifications give the same usage. Precedence,
+identical whatever the arrival order:
+
+- launch: the create end's timestamp (``dbaas.instance_create.end``, design-note
+  ``instance.create.end``; rank 0) before ``trove.instance.create``'s ``launched_at`` (rank 1);
+  the earliest within a rank. ``launched_at`` of other usage notifications does not launch:
+  Trove sets it to the modify time on ``modify_*``, and an exists audit of an instance that no
+  create event announced is a *missed create* (reported, not billed).
+- delete: the delete end's timestamp (rank 0) before ``trove.instance.delete``'s ``deleted_at``
+  (rank 1); the earliest within a rank. Backups: create end to delete end (either family).
+- flavor and volume size: the initial value comes from the create events (rank 0 before 1);
+  a change applies from its end's timestamp (``dbaas.instance_resize_*.end``, rank 0) or, for
+  a change no end reported, from ``modify_at`` of ``trove.instance.modify_*`` (rank 1: ignored
+  when a rank-0 change to the same value lies within ``SAME_CHANGE_WINDOW_US`` of it, as both
+  report one resize). At equal times rank 0 wins.
+- sizes are kept as decimal text and integrated as exact fractions; times as integer
+  microseconds. Quantities become floats only in the emitted record.
+
+The simulator (``trovemeter.simulation``) stamps a create end, ``trove.instance.create`` and its
+``launched_at`` with the same second (likewise resize ends / ``modify_at`` and delete ends /
+``deleted_at``), so these rules give exactly its ``ExpectedTotals``.
+
+Meters (Ceilometer sample vocabulary: meter, type, unit, quantity = volume)
+---------------------------------------------------------------------------
+- ``instance.seconds`` (delta, s): seconds alive in the hour, **one record per flavor**: the
+  flavor id is part of the record id, so a billing team sums records per flavor directly.
+- ``volume.gb_seconds`` (delta, GB*s): volume size x seconds; ``size_gb`` = size at the end of
+  the accrued part of the hour.
+- ``backup.gb_seconds`` (delta, GB*s): backup size x seconds from create end to delete end.
+- ``instance.exists.seconds`` (cumulative, s): Ceilometer's ``trove.instance.exists``: each
+  audit counts ``audit_period_ending - audit_period_beginning``, whole, in the hour in which its
+  period ends (its last microsecond), so a sum over any set of hours equals Ceilometer's.
+
+Windows and corrections
+-----------------------
+Hour ``[h, h+1)`` closes once ``h + 1 + allowed_lateness <= watermark``; ``advance`` then emits
+its records (version 1). A fact that changes a closed hour re-emits each changed record as
+``version + 1`` of the same record id (a record whose usage vanished is re-emitted with
+quantity 0). Record id = uuid5 over (tenant, resource, meter, window start[, flavor]).
+Hours older than ``emitted_through - correction_retention`` are frozen: facts about them only
+shape later hours (a delete older than that stops accrual from the frozen boundary on), audits
+ending in them are dropped, and a fact that old does not bring a forgotten resource back.
+
+Verification (StackTach's usage audit)
+--------------------------------------
+When the hour in which an exists audit's period ends closes (or at once, for an audit that
+arrives after that), ``verify_exists`` compares the seconds the lifecycle facts give within the
+audit period with the seconds the audit states (its period, clamped to the audit's own
+``launched_at`` and ``deleted_at``: Trove audits a fresh instance for the whole interval).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from trovemeter.model import (
+    DiscrepancyCause,
+    MeterType,
+    Notification,
+    Phase,
+    ResourceType,
+    UsageDiscrepancy,
+    UsageRecord,
+)
+from trovemeter.payload_values import as_float, as_text, as_utc, first_present
+
+if TYPE_CHECKING:
+    from trovemeter.settings import WorkerSettings
+
+US_PER_SECOND = 1_000_000
+HOUR_US = 3600 * US_PER_SECOND
+# A dbaas resize end and Trove's trove.instance.modify_* report the same resize moments apart.
+SAME_CHANGE_WINDOW_US = 15 * 60 * US_PER_SECOND
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Record and discrepancy ids are uuid5 names under these namespaces.
+USAGE_ID_NAMESPACE = uuid.UUID("5b0a3f0e-2d4c-4e59-9a57-1f4c1f1b6e01")
+DISCREPANCY_ID_NAMESPACE = uuid.UUID("5b0a3f0e-2d4c-4e59-9a57-1f4c1f1b6e02")
+
+INSTANCE_SECONDS = "instance.seconds"
+VOLUME_GB_SECONDS = "volume.gb_seconds"
+BACKUP_GB_SECONDS = "backup.gb_seconds"
+EXISTS_SECONDS = "instance.exists.seconds"
+# meter -> (Ceilometer type, unit)
+METERS: Mapping[str, tuple[MeterType, str]] = {
+    INSTANCE_SECONDS: (MeterType.DELTA, "s"),
+    VOLUME_GB_SECONDS: (MeterType.DELTA, "GB*s"),
+    BACKUP_GB_SECONDS: (MeterType.DELTA, "GB*s"),
+    EXISTS_SECONDS: (MeterType.CUMULATIVE, "s"),
+}
+METERED_TYPES = frozenset({ResourceType.INSTANCE, ResourceType.BACKUP})
+
+# `_with_facts` results: the facts may change any hour / changed, but no hour's usage.
+_EVERY_HOUR = -(2**62)
+_NO_HOUR = 2**62
+# Source ranks: lower wins.
+_END_EVENT = 0  # a family-1 or design-note `.end`
+_USAGE_EVENT = 1  # a family-2 trove.instance.* usage notification, or a backup delete's size
+
+
+@dataclass(frozen=True, slots=True)
+class AccrualPolicy:
+    """The knobs of accrual and verification."""
+
+    allowed_lateness: timedelta = timedelta(minutes=10)
+    # How long closed hours stay correctable; also bounds the per-resource state.
+    correction_retention: timedelta = timedelta(hours=6)
+    exists_tolerance: timedelta = timedelta(seconds=60)
+
+    @classmethod
+    def from_settings(cls, settings: WorkerSettings) -> AccrualPolicy:
+        return cls(timedelta(seconds=settings.usage_allowed_lateness_seconds),
+                   timedelta(hours=settings.usage_correction_retention_hours),
+                   timedelta(seconds=settings.usage_exists_tolerance_seconds))
+
+    def __post_init__(self) -> None:
+        if self.allowed_lateness < timedelta(0) or self.exists_tolerance < timedelta(0):
+            raise ValueError("allowed_lateness and exists_tolerance must not be negative")
+        if self.correction_retention < timedelta(hours=1):
+            raise ValueError("correction_retention must be at least one hour")
+
+    @property
+    def lateness_us(self) -> int:
+        return self.allowed_lateness // timedelta(microseconds=1)
+
+    @property
+    def retention_us(self) -> int:
+        # Whole hours, so that the frozen boundary is an hour boundary.
+        return self.correction_retention // timedelta(hours=1) * HOUR_US
+
+    @property
+    def tolerance_us(self) -> int:
+        return self.exists_tolerance // timedelta(microseconds=1)
+
+
+class Claim(NamedTuple):
+    """A report that the resource started or ended at ``at_us``."""
+
+    rank: int
+    at_us: int
+    message_id: str
+
+
+class Change(NamedTuple):
+    """A flavor id or size (GB, decimal text) in force from ``at_us``; None: from the start."""
+
+    at_us: int | None
+    rank: int
+    value: str
+    message_id: str
+
+
+class Audit(NamedTuple):
+    """One trove.instance.exists: the instance lived in [begin_us, end_us) with ``flavor_id``."""
+
+    end_us: int
+    begin_us: int
+    flavor_id: str | None
+    message_id: str
+
+    @property
+    def window_start(self) -> int:
+        return _hour_floor(self.end_us - 1)
+
+
+@dataclass(frozen=True, slots=True)
+class MeteredResource:
+    """The billing facts of one instance or backup, and what was emitted for it. Immutable:
+    ``apply``/``advance`` return a new object when anything changed."""
+
+    resource_type: ResourceType
+    resource_id: str
+    tenant_id: str | None = None
+    user_id: str | None = None
+    started: Claim | None = None  # instance launched / backup completed
+    ended: Claim | None = None  # deleted
+    flavors: tuple[Change, ...] = ()  # instances only
+    sizes: tuple[Change, ...] = ()  # volume GB of an instance, size GB of a backup
+    flavor_names: tuple[tuple[str, str], ...] = ()  # (flavor id, name), sorted
+    audits: tuple[Audit, ...] = ()  # sorted
+    # What the audits say about the launch and the delete (Trove's `launched_at`, and a
+    # `deleted_at` some exists payloads carry): the earliest of each, for verification.
+    audited_launch_us: int | None = None
+    audited_delete_us: int | None = None
+    # Every hour starting before this has been emitted; None: nothing emitted yet.
+    emitted_through: int | None = None
+    # Version of records corrected at least once (absent: version 1 if emitted), by RecordKey.
+    versions: tuple[tuple[RecordKey, int], ...] = ()
+
+
+class RecordKey(NamedTuple):
+    tenant_id: str
+    meter: str
+    window_start: int
+    flavor_id: str  # "" for meters not split by flavor
+
+
+class Step(NamedTuple):
+    """What ``apply`` and ``advance`` return."""
+
+    state: MeteredResource | None  # None: finished, delete the table key
+    records: tuple[UsageRecord, ...] = ()
+    discrepancies: tuple[UsageDiscrepancy, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Usage:
+    """A record's content before it gets a version."""
+
+    quantity: Fraction
+    user_id: str | None
+    flavor_name: str | None
+    size_gb: str | None
+    derived_from: tuple[str, ...]
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+def apply(state: MeteredResource | None, notification: Notification, watermark: datetime,
+          policy: AccrualPolicy) -> Step:
+    """Add the facts of ``notification`` to ``state`` (None: no state yet), re-emit the closed
+    hours they change, then ``advance`` to ``watermark``. A notification without billing facts
+    (starts, errors, restarts, clusters, ...) leaves the state as it is."""
+    if notification.resource_type not in METERED_TYPES or not notification.resource_id:
+        return Step(state)
+    if state is not None and (state.resource_type is not notification.resource_type
+                              or state.resource_id != notification.resource_id):
+        raise ValueError(f"notification for {notification.resource_type.value} "
+                         f"{notification.resource_id} applied to {state.resource_id}")
+    watermark_us = to_us(watermark)
+    if state is None:
+        # A fact older than the correction retention must not bring back a forgotten resource.
+        frozen_before = _closed_through(watermark_us, policy) - policy.retention_us
+        if _fact_time(notification) < frozen_before:
+            return Step(None)
+        before = MeteredResource(notification.resource_type, notification.resource_id)
+    else:
+        before = state
+    after, affected_from = _with_facts(before, notification, policy)
+    if affected_from is None:
+        return Step(state)
+    after, corrected = _corrections(before, after, affected_from, policy)
+    discrepancies = _late_audit_discrepancies(before, after, policy)
+    advanced = advance(after, watermark, policy)
+    return Step(advanced.state, corrected + advanced.records,
+                discrepancies + advanced.discrepancies)
+
+
+def advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy) -> Step:
+    """Emit every hour that closed since the last call (hours without events included), verify
+    the audits ending in them, and forget what fell out of the correction retention."""
+    closed_through = _closed_through(to_us(watermark), policy)
+    emitted_through = state.emitted_through
+    if emitted_through is not None and closed_through <= emitted_through:
+        return Step(state)
+    # A new resource starts within the retention; a known one resumes where it stopped.
+    first = closed_through - policy.retention_us if emitted_through is None else emitted_through
+    records: list[UsageRecord] = []
+    discrepancies: list[UsageDiscrepancy] = []
+    for window_start in _windows_with_usage(state, first, closed_through):
+        for key, usage in _window_usage(state, window_start).items():
+            records.append(_record(state, key, usage, version=1))
+        for audit in state.audits:
+            if audit.window_start == window_start:
+                found = _verify(state, audit, policy)
+                if found is not None:
+                    discrepancies.append(found)
+    advanced = _forget_frozen(replace(state, emitted_through=closed_through), policy)
+    return Step(advanced, tuple(records), tuple(discrepancies))
+
+
+def verify_exists(state: MeteredResource | None, exists: Notification,
+                  policy: AccrualPolicy) -> UsageDiscrepancy | None:
+    """Compare an exists audit with the lifecycle of its instance (None: no lifecycle known).
+    ``apply``/``advance`` call this for every audit once its hour has closed."""
+    audit = _audit_of(exists)
+    if audit is None or exists.resource_id is None:
+        raise ValueError("not a trove.instance.exists audit with a period and an instance id")
+    base = state or MeteredResource(ResourceType.INSTANCE, exists.resource_id)
+    with_audit, _ = _with_facts(base, exists, policy)
+    return _verify(with_audit, audit, policy)
+
+
+# ------------------------------------------------------------------------ time helpers
+
+
+def to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _hour_floor(us: int) -> int:
+    return us - us % HOUR_US
+
+
+def _closed_through(watermark_us: int, policy: AccrualPolicy) -> int:
+    """Every hour starting before this has closed at ``watermark_us``."""
+    return _hour_floor(watermark_us - policy.lateness_us)
+
+
+def _frozen_before(state: MeteredResource, policy: AccrualPolicy) -> int | None:
+    if state.emitted_through is None:
+        return None
+    return state.emitted_through - policy.retention_us
+
+
+# ---------------------------------------------------------------------- facts from events
+
+
+def _fact_time(notification: Notification) -> int:
+    """The newest moment a notification's facts are about (for the retention rule)."""
+    audit = _audit_of(notification)
+    return audit.end_us if audit is not None else to_us(notification.occurred_at)
+
+
+def _payload_us(payload: Mapping[str, Any], name: str) -> int | None:
+    moment = as_utc(payload.get(name))
+    return None if moment is None else to_us(moment)
+
+
+def _size_text(value: Any) -> str | None:
+    """A size as exact decimal text ("5", "0.14"), or None when absent or not a size."""
+    number = as_float(value)
+    if number is None or number < 0:
+        return None
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+def _audit_of(notification: Notification) -> Audit | None:
+    if notification.operation != "exists" or notification.resource_type is not ResourceType.INSTANCE:
+        return None
+    payload = notification.payload
+    begin = _payload_us(payload, "audit_period_beginning")
+    end = _payload_us(payload, "audit_period_ending")
+    if begin is None or end is None or end <= begin:
+        return None
+    return Audit(end, begin, as_text(payload.get("instance_type_id")), notification.message_id)
+
+
+def _with_facts(state: MeteredResource, notification: Notification,
+                policy: AccrualPolicy) -> tuple[MeteredResource, int | None]:
+    """``state`` with the notification's facts, and the earliest moment whose usage they may
+    change (None: nothing changed; ``_EVERY_HOUR``: possibly every hour; ``_NO_HOUR``: changed,
+    but no usage)."""
+    payload = notification.payload
+    occurred = to_us(notification.occurred_at)
+    message_id = notification.message_id
+    is_end = notification.phase is Phase.END
+    is_usage = notification.phase is Phase.POINT
+    operation = notification.operation
+    changes: dict[str, Any] = {}
+    affected: list[int] = []
+    audit = _audit_of(notification)
+    if notification.resource_type is ResourceType.INSTANCE:
+        relevant = audit is not None or ((is_end or is_usage) and operation in (
+            "create", "resize_flavor", "resize_volume", "delete"))
+    else:
+        relevant = is_end and operation in ("create", "delete")
+    if not relevant:
+        return state, None
+    # Create events and usage notifications name the owner; other events name whoever acted.
+    names_owner = operation == "create" or is_usage
+
+    def claim(attribute: str, new: Claim) -> None:
+        old = getattr(state, attribute)
+        if old is None or new < old:
+            changes[attribute] = new
+            affected.append(new.at_us if old is None else min(old.at_us, new.at_us))
+
+    def change(attribute: str, new: Change) -> None:
+        existing: tuple[Change, ...] = getattr(state, attribute)
+        merged = _merge_change(existing, new)
+        if merged != existing:
+            changes[attribute] = merged
+            affected.append(_EVERY_HOUR if new.at_us is None else
+                            new.at_us - SAME_CHANGE_WINDOW_US)  # its partner's moment, at worst
+
+    flavor_id = as_text(first_present(payload, "new_flavor_id", "instance_type_id", "flavor_id"))
+    if notification.resource_type is ResourceType.INSTANCE:
+        if operation == "create" and (is_end or is_usage):
+            rank = _END_EVENT if is_end else _USAGE_EVENT
+            launched = occurred if is_end else (_payload_us(payload, "launched_at") or occurred)
+            claim("started", Claim(rank, launched, message_id))
+            if flavor_id is not None:
+                change("flavors", Change(None, rank, flavor_id, message_id))
+            size = _size_text(payload.get("volume_size"))
+            if size is not None:
+                change("sizes", Change(None, rank, size, message_id))
+        elif operation in ("resize_flavor", "resize_volume") and (is_end or is_usage):
+            rank = _END_EVENT if is_end else _USAGE_EVENT
+            at = occurred if is_end else (_payload_us(payload, "modify_at") or occurred)
+            if operation == "resize_flavor" and flavor_id is not None:
+                change("flavors", Change(at, rank, flavor_id, message_id))
+            size = _size_text(first_present(payload, "new_size", "volume_size"))
+            if operation == "resize_volume" and size is not None:
+                change("sizes", Change(at, rank, size, message_id))
+        elif operation == "delete" and (is_end or is_usage):
+            deleted = occurred if is_end else (_payload_us(payload, "deleted_at") or occurred)
+            claim("ended", Claim(_END_EVENT if is_end else _USAGE_EVENT, deleted, message_id))
+        elif audit is not None:
+            if audit not in state.audits and not _frozen(state, audit.window_start, policy):
+                changes["audits"] = tuple(sorted((*state.audits, audit), key=_audit_order))
+                affected.append(audit.window_start)
+            for attribute, name in (("audited_launch_us", "launched_at"),
+                                    ("audited_delete_us", "deleted_at")):
+                reported = _payload_us(payload, name)
+                current = getattr(state, attribute)
+                if reported is not None and (current is None or reported < current):
+                    changes[attribute] = reported  # verification input only: no usage changes
+        name = as_text(payload.get("instance_type"))
+        named_id = as_text(payload.get("instance_type_id"))
+        if name is not None and named_id is not None:
+            names = dict(state.flavor_names)
+            # Nova flavors cannot be renamed; should two names meet, the greater one is kept.
+            if named_id not in names or name > names[named_id]:
+                names[named_id] = name
+                changes["flavor_names"] = tuple(sorted(names.items()))
+                affected.append(_EVERY_HOUR)
+    else:  # a backup's create or delete end
+        size = _size_text(payload.get("size"))
+        if operation == "create":
+            claim("started", Claim(_END_EVENT, occurred, message_id))
+        else:
+            claim("ended", Claim(_END_EVENT, occurred, message_id))
+        if size is not None:
+            rank = _END_EVENT if operation == "create" else _USAGE_EVENT
+            change("sizes", Change(None, rank, size, message_id))
+
+    # Tenant and owner: the least id wins, so that conflicting reports resolve identically in
+    # any order (they do not conflict in Trove; the record id includes the tenant).
+    for attribute, reported in (("tenant_id", notification.tenant_id),
+                                ("user_id", notification.user_id if names_owner else None)):
+        current = getattr(state, attribute)
+        if reported and (current is None or reported < current):
+            changes[attribute] = reported
+            affected.append(_EVERY_HOUR)
+    if not changes:
+        return state, None
+    return replace(state, **changes), min(affected, default=_NO_HOUR)
+
+
+def _audit_order(audit: Audit) -> tuple[int, int, str, str]:
+    return audit.end_us, audit.begin_us, audit.flavor_id or "", audit.message_id
+
+
+def _frozen(state: MeteredResource, window_start: int, policy: AccrualPolicy) -> bool:
+    frozen_before = _frozen_before(state, policy)
+    return frozen_before is not None and window_start < frozen_before
+
+
+def _merge_change(changes: tuple[Change, ...], new: Change) -> tuple[Change, ...]:
+    """``changes`` with ``new``, keeping only the changes that count, so that the state stays
+    small and the result is the same in any order:
+
+    - one initial value: the best ranked (then the least value and message id);
+    - a rank-1 change is dropped when a rank-0 change to the same value lies within
+      ``SAME_CHANGE_WINDOW_US``: both report one resize, and the end's moment counts.
+    """
+    if new.at_us is None:
+        initial = next((c for c in changes if c.at_us is None), None)
+        if initial is not None and _initial_order(initial) <= _initial_order(new):
+            return changes
+        kept = [c for c in changes if c.at_us is not None]
+    elif new.rank != _END_EVENT:
+        if new in changes or any(_same_change(c, new) for c in changes if c.rank == _END_EVENT):
+            return changes
+        kept = list(changes)
+    else:
+        if new in changes:
+            return changes
+        kept = [c for c in changes if c.rank == _END_EVENT or not _same_change(new, c)]
+    return tuple(sorted((*kept, new), key=_change_order))
+
+
+def _same_change(end: Change, usage: Change) -> bool:
+    return (end.at_us is not None and usage.at_us is not None and end.value == usage.value
+            and abs(end.at_us - usage.at_us) <= SAME_CHANGE_WINDOW_US)
+
+
+def _initial_order(change: Change) -> tuple[int, str, str]:
+    return change.rank, change.value, change.message_id
+
+
+def _change_order(change: Change) -> tuple[int, int, str, str]:
+    # Initial values first; at equal times rank 0 sorts last, so it is the one in force.
+    at = _EVERY_HOUR if change.at_us is None else change.at_us
+    return at, -change.rank, change.value, change.message_id
+
+
+# ------------------------------------------------------------------------- integration
+
+
+class _Piece(NamedTuple):
+    """A value in force over [from_us, to_us), and the message that set it."""
+
+    from_us: int
+    to_us: int
+    value: str | None
+    message_id: str | None
+
+
+def _pieces(changes: tuple[Change, ...], from_us: int, to_us: int) -> list[_Piece]:
+    """Split [from_us, to_us) where the value changes."""
+    value: str | None = None
+    message: str | None = None
+    cuts: list[tuple[int, str, str]] = []
+    for change in changes:  # sorted, initial value first (see _merge_change)
+        if change.at_us is None or change.at_us <= from_us:
+            value, message = change.value, change.message_id
+        elif change.at_us < to_us:
+            cuts.append((change.at_us, change.value, change.message_id))
+    pieces: list[_Piece] = []
+    start = from_us
+    for at, new_value, new_message in cuts:
+        if at > start:
+            pieces.append(_Piece(start, at, value, message))
+            start = at
+        value, message = new_value, new_message
+    pieces.append(_Piece(start, to_us, value, message))
+    return pieces
+
+
+def _alive(state: MeteredResource, from_us: int, to_us: int) -> tuple[int, int] | None:
+    """The part of [from_us, to_us) between the start and the end facts."""
+    if state.started is None:
+        return None
+    low = max(from_us, state.started.at_us)
+    high = to_us if state.ended is None else min(to_us, state.ended.at_us)
+    return (low, high) if low < high else None
+
+
+def _window_usage(state: MeteredResource, window_start: int) -> dict[RecordKey, _Usage]:
+    """Every non-zero record of one hour, by key."""
+    window_end = window_start + HOUR_US
+    tenant = state.tenant_id or ""
+    usage: dict[RecordKey, _Usage] = {}
+    alive = _alive(state, window_start, window_end)
+    if alive is not None:
+        assert state.started is not None
+        lifecycle = [state.started.message_id]
+        if state.ended is not None and state.ended.at_us < window_end:
+            lifecycle.append(state.ended.message_id)
+        if state.resource_type is ResourceType.INSTANCE:
+            names = dict(state.flavor_names)
+            per_flavor: dict[str, tuple[int, set[str]]] = {}
+            for piece in _pieces(state.flavors, *alive):
+                seconds, messages = per_flavor.get(piece.value or "", (0, set()))
+                if piece.message_id is not None:
+                    messages = messages | {piece.message_id}
+                per_flavor[piece.value or ""] = (seconds + piece.to_us - piece.from_us, messages)
+            for flavor, (micros, messages) in per_flavor.items():
+                usage[RecordKey(tenant, INSTANCE_SECONDS, window_start, flavor)] = _Usage(
+                    Fraction(micros, US_PER_SECOND), state.user_id, names.get(flavor),
+                    None, tuple(sorted({*lifecycle, *messages})))
+        meter = VOLUME_GB_SECONDS if state.resource_type is ResourceType.INSTANCE \
+            else BACKUP_GB_SECONDS
+        gb_seconds = Fraction(0)
+        last_size: str | None = None
+        size_messages = set(lifecycle)
+        for piece in _pieces(state.sizes, *alive):
+            if piece.value is not None and piece.message_id is not None:
+                gb_seconds += Fraction(piece.value) * Fraction(piece.to_us - piece.from_us,
+                                                               US_PER_SECOND)
+                last_size = piece.value
+                size_messages.add(piece.message_id)
+        if gb_seconds:
+            usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
+                gb_seconds, state.user_id, None, last_size, tuple(sorted(size_messages)))
+    audited = [a for a in state.audits if a.window_start == window_start]
+    if audited:
+        micros = sum(a.end_us - a.begin_us for a in audited)
+        usage[RecordKey(tenant, EXISTS_SECONDS, window_start, "")] = _Usage(
+            Fraction(micros, US_PER_SECOND), state.user_id, None, None,
+            tuple(sorted(a.message_id for a in audited)))
+    return usage
+
+
+def _windows_with_usage(state: MeteredResource, first: int, through: int) -> list[int]:
+    """The hours in [first, through) that may hold usage: while alive, and audited hours."""
+    hours = {a.window_start for a in state.audits if first <= a.window_start < through}
+    if state.started is not None:
+        low = max(first, _hour_floor(state.started.at_us))
+        high = through if state.ended is None else min(through, state.ended.at_us)
+        hours.update(range(low, high, HOUR_US))
+    return sorted(hours)
+
+
+# -------------------------------------------------------------------------- emission
+
+
+def record_id(key: RecordKey, resource_type: ResourceType, resource_id: str) -> str:
+    """Deterministic id of a usage record: the compacted topic's key."""
+    name = "|".join((key.tenant_id, resource_type.value, resource_id, key.meter,
+                     from_us(key.window_start).isoformat(), key.flavor_id))
+    return str(uuid.uuid5(USAGE_ID_NAMESPACE, name))
+
+
+def _record(state: MeteredResource, key: RecordKey, usage: _Usage | None, version: int,
+            previous: _Usage | None = None) -> UsageRecord:
+    """The record for ``key``; ``usage`` None re-emits ``previous`` with quantity 0."""
+    content = usage or replace(previous, quantity=Fraction(0))  # type: ignore[type-var]
+    meter_type, unit = METERS[key.meter]
+    return UsageRecord(
+        record_id=record_id(key, state.resource_type, state.resource_id),
+        version=version,
+        tenant_id=key.tenant_id,
+        resource_type=state.resource_type,
+        resource_id=state.resource_id,
+        meter=key.meter,
+        meter_type=meter_type,
+        unit=unit,
+        quantity=float(content.quantity),
+        window_start=from_us(key.window_start),
+        window_end=from_us(key.window_start + HOUR_US),
+        derived_from=list(content.derived_from),
+        user_id=content.user_id,
+        flavor_id=(key.flavor_id or None) if key.meter == INSTANCE_SECONDS else None,
+        flavor_name=content.flavor_name,
+        size_gb=None if content.size_gb is None else float(Fraction(content.size_gb)),
+    )
+
+
+def _corrections(before: MeteredResource, after: MeteredResource, affected_from: int,
+                 policy: AccrualPolicy) -> tuple[MeteredResource, tuple[UsageRecord, ...]]:
+    """Re-emit every record of an already emitted hour that the new facts changed."""
+    emitted_through = before.emitted_through
+    if emitted_through is None or affected_from >= emitted_through:
+        return after, ()
+    first = max(_hour_floor(affected_from), emitted_through - policy.retention_us)
+    versions = dict(before.versions)
+    records: list[UsageRecord] = []
+    hours = sorted({*_windows_with_usage(before, first, emitted_through),
+                    *_windows_with_usage(after, first, emitted_through)})
+    for window_start in hours:
+        old = _window_usage(before, window_start)
+        new = _window_usage(after, window_start)
+        for key in sorted(old.keys() | new.keys()):
+            if old.get(key) == new.get(key):
+                continue
+            emitted = versions.get(key, 1 if key in old else 0)
+            versions[key] = emitted + 1
+            records.append(_record(after, key, new.get(key), emitted + 1, old.get(key)))
+    kept = tuple(sorted((k, v) for k, v in versions.items() if v > 1))
+    return replace(after, versions=kept), tuple(records)
+
+
+def _late_audit_discrepancies(before: MeteredResource, after: MeteredResource,
+                              policy: AccrualPolicy) -> tuple[UsageDiscrepancy, ...]:
+    """Audits that arrived after their hour closed are verified at once."""
+    if before.emitted_through is None:
+        return ()
+    new_audits = set(after.audits) - set(before.audits)
+    found = (_verify(after, audit, policy) for audit in sorted(new_audits, key=_audit_order)
+             if audit.window_start < before.emitted_through)
+    return tuple(d for d in found if d is not None)
+
+
+def _forget_frozen(state: MeteredResource, policy: AccrualPolicy) -> MeteredResource | None:
+    """Drop audits and versions of frozen hours; None once nothing can change any more."""
+    frozen_before = _frozen_before(state, policy)
+    assert frozen_before is not None
+    audits = tuple(a for a in state.audits if a.window_start >= frozen_before)
+    versions = tuple(kv for kv in state.versions if kv[0].window_start >= frozen_before)
+    if audits != state.audits or versions != state.versions:
+        state = replace(state, audits=audits, versions=versions)
+    if state.started is not None and state.ended is None:
+        return state  # still accruing
+    fact_times = [c.at_us for c in (state.started, state.ended) if c is not None]
+    fact_times += [c.at_us for c in (*state.flavors, *state.sizes) if c.at_us is not None]
+    if audits or any(at >= frozen_before for at in fact_times):
+        return state  # facts that a late create or delete may still need
+    return None
+
+
+# ------------------------------------------------------------------------- verification
+
+
+def _verify(state: MeteredResource, audit: Audit, policy: AccrualPolicy) -> UsageDiscrepancy | None:
+    # What the audit itself says the instance lived within its period.
+    audited_from = max(audit.begin_us, state.audited_launch_us or audit.begin_us)
+    audited_to = min(audit.end_us, state.audited_delete_us or audit.end_us)
+    audited = max(0, audited_to - audited_from)
+    alive = _alive(state, audit.begin_us, audit.end_us)
+    lifecycle = 0 if alive is None else alive[1] - alive[0]
+    lifecycle_flavor = None
+    if alive is not None and alive[1] == audit.end_us:  # alive when the audit was taken
+        lifecycle_flavor = _pieces(state.flavors, *alive)[-1].value
+    flavor_differs = (audit.flavor_id is not None and lifecycle_flavor is not None
+                      and audit.flavor_id != lifecycle_flavor)
+    difference = audited - lifecycle
+    if abs(difference) <= policy.tolerance_us and not flavor_differs:
+        return None
+    started = state.started.at_us if state.started is not None else None
+    ended = state.ended.at_us if state.ended is not None else None
+    if abs(difference) <= policy.tolerance_us:
+        cause = DiscrepancyCause.FLAVOR_MISMATCH
+    elif difference > 0 and (started is None or started > audited_from + policy.tolerance_us):
+        cause = DiscrepancyCause.MISSED_CREATE
+    elif difference > 0 and ended is not None and ended < audited_to:
+        cause = DiscrepancyCause.UNEXPECTED_DELETE
+    elif difference < 0 and state.audited_delete_us is not None and (
+            ended is None or ended > state.audited_delete_us + policy.tolerance_us):
+        cause = DiscrepancyCause.MISSED_DELETE
+    else:
+        cause = DiscrepancyCause.UNEXPLAINED
+    return UsageDiscrepancy(
+        discrepancy_id=str(uuid.uuid5(DISCREPANCY_ID_NAMESPACE, "|".join(
+            (state.resource_id, str(audit.begin_us), str(audit.end_us))))),
+        tenant_id=state.tenant_id or "",
+        resource_id=state.resource_id,
+        audit_message_id=audit.message_id,
+        audit_period_beginning=from_us(audit.begin_us),
+        audit_period_ending=from_us(audit.end_us),
+        audited_seconds=audited / US_PER_SECOND,
+        lifecycle_seconds=lifecycle / US_PER_SECOND,
+        difference_seconds=difference / US_PER_SECOND,
+        likely_cause=cause,
+        audited_flavor_id=audit.flavor_id,
+        lifecycle_flavor_id=lifecycle_flavor,
+        user_id=state.user_id,
+    )
+
+
+# ------------------------------------------------------------------------ serialisation
+
+
+def to_dict(state: MeteredResource) -> dict[str, Any]:
+    """A plain, JSON-compatible dict; short keys, because a worker holds one per resource."""
+    data: dict[str, Any] = {"t": state.resource_type.value, "id": state.resource_id}
+    optional: dict[str, Any] = {
+        "tenant": state.tenant_id,
+        "user": state.user_id,
+        "start": list(state.started) if state.started else None,
+        "end": list(state.ended) if state.ended else None,
+        "flavors": [list(c) for c in state.flavors],
+        "sizes": [list(c) for c in state.sizes],
+        "names": dict(state.flavor_names),
+        "audits": [list(a) for a in state.audits],
+        "alaunch": state.audited_launch_us,
+        "adelete": state.audited_delete_us,
+        "through": state.emitted_through,
+        "versions": [[*k, v] for k, v in state.versions],
+    }
+    data.update((k, v) for k, v in optional.items() if v not in (None, [], {}))
+    return data
+
+
+def from_dict(data: Mapping[str, Any]) -> MeteredResource:
+    def claim(value: list[Any] | None) -> Claim | None:
+        return None if value is None else Claim(*value)
+
+    return MeteredResource(
+        resource_type=ResourceType(data["t"]),
+        resource_id=data["id"],
+        tenant_id=data.get("tenant"),
+        user_id=data.get("user"),
+        started=claim(data.get("start")),
+        ended=claim(data.get("end")),
+        flavors=tuple(Change(*c) for c in data.get("flavors", ())),
+        sizes=tuple(Change(*c) for c in data.get("sizes", ())),
+        flavor_names=tuple(sorted(data.get("names", {}).items())),
+        audits=tuple(Audit(*a) for a in data.get("audits", ())),
+        audited_launch_us=data.get("alaunch"),
+        audited_delete_us=data.get("adelete"),
+        emitted_through=data.get("through"),
+        versions=tuple((RecordKey(*kv[:4]), kv[4]) for kv in data.get("versions", ())),
+    )
+
+
+def encode_state(state: MeteredResource) -> bytes:
+    """Compact JSON: the recommended table value (far smaller in memory than the dict)."""
+    return json.dumps(to_dict(state), separators=(",", ":")).encode()
+
+
+def decode_state(data: bytes) -> MeteredResource:
+    return from_dict(json.loads(data))
+
+
+def latest_versions(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
+    """The highest version of each record id: what a consumer of trove.usage keeps."""
+    latest: dict[str, UsageRecord] = {}
+    for record in records:
+        kept = latest.get(record.record_id)
+        if kept is None or record.version > kept.version:
+            latest[record.record_id] = record
+    return latest
