@@ -74,6 +74,48 @@ def make_messages(n: int) -> tuple[list[tuple[str, bytes, Any]], int]:
     return out, total
 
 
+# ------------------------------------------------------------------ CPU accounting
+
+
+def _cpu_seconds(pid: int) -> float:
+    """user + system CPU of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _broker_pids() -> dict[str, int]:
+    pids = {}
+    for name, path in (("rabbitmq", ROOT / ".stack" / "rabbitmq" / "rabbitmq.pid"),
+                       ("kafka", ROOT / ".stack" / "kafka" / "kafka.pid")):
+        try:
+            pids[name] = int(path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return pids
+
+
+class CpuMeter:
+    """CPU the loop's process and the two brokers spent between start() and stop()."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pids = _broker_pids()
+        if pid is not None:
+            self.pids["loop"] = pid
+        self.before: dict[str, float] = {}
+        self.used: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = {k: _cpu_seconds(p) for k, p in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        self.used = {k: _cpu_seconds(p) - self.before[k] for k, p in self.pids.items()}
+        return self.used
+
+
+def _cpu_us_per_message(used: dict[str, float], n: int) -> dict[str, float]:
+    return {k: round(v / n * 1e6, 1) for k, v in used.items()}
+
+
 # ------------------------------------------------------------------ (a) the bare loop
 
 
@@ -91,13 +133,16 @@ def bare_loop(rabbit_url: str, bootstrap: str, queue: str, n: int, prefetch: int
     channel = connection.channel()
     channel.basic_qos(prefetch_count=prefetch)
     window = AckWindow()
-    state = {"first": 0.0, "acked": 0}
+    meter = CpuMeter()
+    state: dict[str, Any] = {"first": 0.0, "acked": 0, "cpu": 0.0}
 
     def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
         window.track(tag)
         if not state["first"]:
             state["first"] = time.perf_counter()
+            state["cpu"] = time.process_time()
+            meter.start()
 
         def report(err: Any, msg: Any) -> None:
             if err is None:
@@ -121,9 +166,12 @@ def bare_loop(rabbit_url: str, bootstrap: str, queue: str, n: int, prefetch: int
             channel.basic_ack(top, multiple=True)
             state["acked"] += before - len(window)
     elapsed = time.perf_counter() - state["first"]
+    used = meter.stop()
+    used["loop"] = time.process_time() - state["cpu"]
     connection.close()
     producer.flush(30)
-    return {"messages": state["acked"], "seconds": elapsed, "rate": state["acked"] / elapsed}
+    return {"messages": state["acked"], "seconds": elapsed, "rate": state["acked"] / elapsed,
+            "cpu_us_per_msg": _cpu_us_per_message(used, state["acked"])}
 
 
 def _bare_worker(argv: list[str]) -> None:
@@ -141,6 +189,7 @@ def shovel_run(queue: str, exchange: str, n: int, prefetch: int, log_path: Path,
                            extra_args=["--prefetch", str(prefetch), "--topic", SHOVEL_TOPIC,
                                        "--dlq-topic", SHOVEL_DLQ])
     shovel.start()
+    meter = CpuMeter(shovel.pid)
     try:
         first = None
         deadline = time.monotonic() + 600
@@ -156,19 +205,24 @@ def shovel_run(queue: str, exchange: str, n: int, prefetch: int, log_path: Path,
             now = time.perf_counter()
             if first is None and samples.get("trovemeter_shovel_consumed_total", 0) > 0:
                 first = now
+                meter.start()
             acked = samples.get("trovemeter_shovel_acked_total", 0)
             if acked >= n:
                 break
             time.sleep(0.01 if first is None else 0.05)
         elapsed = time.perf_counter() - (first or time.perf_counter())
+        used = meter.stop()
         samples = shovel.metrics()
         rc = shovel.stop()
+        latency_n = samples.get("trovemeter_shovel_produce_latency_seconds_count", 0)
         return {"messages": int(acked), "seconds": elapsed, "rate": acked / elapsed if elapsed else 0,
+                "cpu_us_per_msg": _cpu_us_per_message(used, int(acked) or 1),
                 "exit_code": rc,
                 "dead_lettered": sum(v for k, v in samples.items()
                                      if k.startswith("trovemeter_shovel_dead_lettered_total")),
-                "latency_p_sum": samples.get("trovemeter_shovel_produce_latency_seconds_sum", 0),
-                "latency_count": samples.get("trovemeter_shovel_produce_latency_seconds_count", 0)}
+                "mean_produce_latency_ms": round(
+                    samples.get("trovemeter_shovel_produce_latency_seconds_sum", 0)
+                    / latency_n * 1000, 2) if latency_n else None}
     finally:
         if shovel.process is not None and shovel.process.poll() is None:
             shovel.kill()
@@ -177,33 +231,19 @@ def shovel_run(queue: str, exchange: str, n: int, prefetch: int, log_path: Path,
 # ------------------------------------------------------------------ main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="bench_shovel", description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
-    parser.add_argument("--prefetch", type=int, default=2000)
-    parser.add_argument("--rabbit-url", default=os.environ.get(
-        "TROVEMETER_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/"))
-    parser.add_argument("--bootstrap", default=os.environ.get(
-        "TROVEMETER_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-    parser.add_argument("--skip-bare", action="store_true")
-    parser.add_argument("--skip-shovel", action="store_true")
-    args = parser.parse_args(argv)
-    n = args.messages
-
+def run_round(args: argparse.Namespace, round_no: int, bare_first: bool) -> dict[str, Any]:
+    """Publish N fresh messages to two queues, drain one with each loop, verify both."""
     from connectors.shovel import producer_config
     from tests.integration.conftest import free_port
     from trovemeter.settings import ShovelSettings
 
-    for topic, partitions in ((BARE_TOPIC, 4), (SHOVEL_TOPIC, 4), (SHOVEL_DLQ, 1)):
-        ensure_topic(args.bootstrap, topic, partitions)
-
+    n = args.messages
     run_id = uuid.uuid4().hex[:8]
     exchange = f"bench-{run_id}.trove"
     bare_queue, shovel_queue = f"bench-{run_id}.bare", f"bench-{run_id}.shovel"
     messages, total_bytes = make_messages(n)
     ids = {message_id_of(body) for _, body, _ in messages}
-    result: dict[str, Any] = {"benchmark": "shovel", "messages": n, "prefetch": args.prefetch,
-                              "mean_body_bytes": round(total_bytes / n)}
+    result: dict[str, Any] = {"round": round_no, "mean_body_bytes": round(total_bytes / n)}
     rabbit = Rabbit(args.rabbit_url)
     try:
         for queue in (bare_queue, shovel_queue):
@@ -214,76 +254,136 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rabbit.wait_ready(queue, n, timeout=300)
         result["publish_seconds"] = round(time.perf_counter() - t, 2)
         del messages
-
         marks = end_offsets(args.bootstrap, [BARE_TOPIC, SHOVEL_TOPIC, SHOVEL_DLQ])
-        settings = ShovelSettings()
-        if not args.skip_bare:
+
+        def run_bare() -> None:
             spec = {"rabbit_url": args.rabbit_url, "bootstrap": args.bootstrap, "queue": bare_queue,
                     "n": n, "prefetch": args.prefetch,
-                    "producer_settings": producer_config(settings, {"bootstrap.servers": args.bootstrap})}
+                    "producer_settings": producer_config(ShovelSettings(),
+                                                         {"bootstrap.servers": args.bootstrap})}
             out = subprocess.run([sys.executable, "-m", "bench.bench_shovel", "--bare-worker",
                                   json.dumps(spec)], cwd=ROOT, capture_output=True, text=True,
                                  check=True, timeout=900)
             bare = json.loads(out.stdout.strip().splitlines()[-1])
-            start = {k: v for k, v in marks.items() if k[0] == BARE_TOPIC}
             seen: set[str] = set()
 
-            def bare_done(records: list[Any]) -> bool:
-                for record in records[len(seen_count):]:
-                    seen.add(message_id_of(record.value))
-                seen_count.extend(range(len(records) - len(seen_count)))
-                return ids <= seen
+            def keep(record: Any) -> bool:
+                seen.add(message_id_of(record.value))
+                return False
 
-            seen_count: list[int] = []
-            read_records(args.bootstrap, start, bare_done, timeout=120)
+            read_records(args.bootstrap, {k: v for k, v in marks.items() if k[0] == BARE_TOPIC},
+                         lambda _records: ids <= seen, timeout=120, keep=keep)
             bare["complete"] = ids <= seen
             result["bare"] = bare
-        if not args.skip_shovel:
+
+        def run_shovel() -> None:
             with tempfile.NamedTemporaryFile(prefix="bench-shovel-", suffix=".log",
                                              delete=False) as log_file:
                 log_path = Path(log_file.name)
             shovel = shovel_run(shovel_queue, exchange, n, args.prefetch, log_path, free_port())
-            start = {k: v for k, v in marks.items() if k[0] in (SHOVEL_TOPIC, SHOVEL_DLQ)}
             got: set[str] = set()
-            counted: list[int] = []
+            sizes: list[int] = []
 
-            def shovel_done(records: list[Any]) -> bool:
-                for record in records[len(counted):]:
-                    mid = record.headers.get("trovemeter.message_id")
-                    if mid:
-                        got.add(mid.decode())
-                counted.extend(range(len(records) - len(counted)))
-                return ids <= got
+            def keep(record: Any) -> bool:
+                mid = record.headers.get("trovemeter.message_id")
+                if mid:
+                    got.add(mid.decode())
+                sizes.append(len(record.value))
+                return False
 
-            records = read_records(args.bootstrap, start, shovel_done, timeout=120)
+            read_records(args.bootstrap,
+                         {k: v for k, v in marks.items() if k[0] in (SHOVEL_TOPIC, SHOVEL_DLQ)},
+                         lambda _records: ids <= got, timeout=120, keep=keep)
             shovel["complete"] = ids <= got
-            shovel["records"] = len(records)
-            shovel["mean_record_bytes"] = round(
-                sum(len(r.value) for r in records) / max(1, len(records)))
+            shovel["records"] = len(sizes)
+            shovel["mean_record_bytes"] = round(sum(sizes) / max(1, len(sizes)))
             shovel["log"] = str(log_path)
             result["shovel"] = shovel
+
+        for step in ((run_bare, run_shovel) if bare_first else (run_shovel, run_bare)):
+            step()
     finally:
         for queue in (bare_queue, shovel_queue):
             rabbit.delete_queue(queue)
         rabbit.delete_exchange(exchange)
         rabbit.close()
-
-    if "bare" in result and "shovel" in result:
-        result["ratio"] = round(result["shovel"]["rate"] / result["bare"]["rate"], 3)
-    print_table(result)
+    result["ratio"] = round(result["shovel"]["rate"] / result["bare"]["rate"], 3)
     return result
 
 
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="bench_shovel", description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000, help="per round and loop")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, alternating which loop goes first (the machine is shared)")
+    parser.add_argument("--prefetch", type=int, default=2000)
+    parser.add_argument("--rabbit-url", default=os.environ.get(
+        "TROVEMETER_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/"))
+    parser.add_argument("--bootstrap", default=os.environ.get(
+        "TROVEMETER_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+    parser.add_argument("--output", help="also write the figures as JSON to this file")
+    args = parser.parse_args(argv)
+
+    for topic, partitions in ((BARE_TOPIC, 4), (SHOVEL_TOPIC, 4), (SHOVEL_DLQ, 1)):
+        ensure_topic(args.bootstrap, topic, partitions)
+    rounds = []
+    for i in range(args.rounds):
+        rounds.append(run_round(args, i + 1, bare_first=i % 2 == 0))
+        print_round(rounds[-1], args.messages)
+    result = summarise(rounds, args)
+    print_table(result)
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summarise(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"benchmark": "shovel", "messages_per_round": args.messages,
+                           "rounds": len(rounds), "prefetch": args.prefetch,
+                           "mean_body_bytes": rounds[0]["mean_body_bytes"],
+                           "mean_record_bytes": rounds[0]["shovel"]["mean_record_bytes"],
+                           "complete": all(r[k]["complete"] for r in rounds for k in ("bare", "shovel"))}
+    for loop in ("bare", "shovel"):
+        rates = [r[loop]["rate"] for r in rounds]
+        cpu = {key: _median([r[loop]["cpu_us_per_msg"].get(key, 0) for r in rounds])
+               for key in rounds[0][loop]["cpu_us_per_msg"]}
+        out[loop] = {"median_msgs_per_s": round(_median(rates)), "best_msgs_per_s": round(max(rates)),
+                     "rates": [round(x) for x in rates], "median_cpu_us_per_msg": cpu}
+    out["ratio_of_medians"] = round(out["shovel"]["median_msgs_per_s"]
+                                    / out["bare"]["median_msgs_per_s"], 3)
+    out["ratio_per_round"] = [r["ratio"] for r in rounds]
+    out["target_met"] = bool(out["shovel"]["median_msgs_per_s"] >= 20_000
+                             and out["ratio_of_medians"] >= 0.7)
+    out["load_average"] = os.getloadavg()
+    return out
+
+
+def print_round(r: dict[str, Any], n: int) -> None:
+    print(f"round {r['round']}: bare {r['bare']['rate']:,.0f}/s shovel {r['shovel']['rate']:,.0f}/s "
+          f"ratio {r['ratio']:.2f}  cpu us/msg bare {r['bare']['cpu_us_per_msg']} "
+          f"shovel {r['shovel']['cpu_us_per_msg']}", file=sys.stderr)
+
+
 def print_table(result: dict[str, Any]) -> None:
-    print(f"\nshovel benchmark: {result['messages']} messages, mean body {result['mean_body_bytes']} B,"
-          f" prefetch {result['prefetch']}, published in {result['publish_seconds']} s")
-    print(f"{'loop':<10} {'msgs/s':>10} {'seconds':>9} {'complete':>9}")
+    print(f"\nshovel benchmark: {result['rounds']} rounds x {result['messages_per_round']} messages, "
+          f"mean body {result['mean_body_bytes']} B -> record {result['mean_record_bytes']} B, "
+          f"prefetch {result['prefetch']}")
+    print(f"{'loop':<8} {'median/s':>10} {'best/s':>10}  cpu us/msg (loop process, rabbitmq, kafka)")
     for name in ("bare", "shovel"):
-        if name in result:
-            row = result[name]
-            print(f"{name:<10} {row['rate']:>10,.0f} {row['seconds']:>9.2f} {str(row['complete']):>9}")
-    if "ratio" in result:
-        print(f"ratio shovel/bare: {result['ratio']:.2f}  (target >= 0.70 and >= 20,000 msgs/s)")
+        row = result[name]
+        cpu = row["median_cpu_us_per_msg"]
+        print(f"{name:<8} {row['median_msgs_per_s']:>10,} {row['best_msgs_per_s']:>10,}  "
+              f"{cpu.get('loop')}, {cpu.get('rabbitmq')}, {cpu.get('kafka')}")
+    print(f"ratio shovel/bare (medians): {result['ratio_of_medians']:.2f}   per round: "
+          f"{result['ratio_per_round']}   complete: {result['complete']}   "
+          f"target (>= 20,000/s and >= 0.7x) met: {result['target_met']}")
+    print(f"load average at the end: {', '.join(f'{x:.2f}' for x in result['load_average'])}")
 
 
 if __name__ == "__main__":
@@ -291,4 +391,4 @@ if __name__ == "__main__":
         _bare_worker(sys.argv[2:])
     else:
         figures = main(sys.argv[1:])
-        sys.exit(0 if all(figures.get(k, {}).get("complete", True) for k in ("bare", "shovel")) else 1)
+        sys.exit(0 if figures["complete"] else 1)

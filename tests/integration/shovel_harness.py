@@ -24,7 +24,8 @@ import pika
 from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("TROVEMETER_FIXTURES", ROOT.parent / "shared" / "fixtures"))
+# The captured oslo.messaging wire bodies, copied into the repository (tests/fixtures/wire).
+FIXTURES = Path(os.environ.get("TROVEMETER_FIXTURES", ROOT / "tests" / "fixtures" / "wire"))
 TROVEMETER = ROOT / ".venv" / "bin" / "trovemeter"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
 RABBIT_NODE = "trovemeter@localhost"
