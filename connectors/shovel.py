@@ -163,6 +163,7 @@ class Shovel:
         self._kafka_failures_in_outage = 0
         self._last_report_at = time.monotonic()
         self._all_brokers_down = False
+        self._ever_reached_kafka = False
         self._last_delivery_ok: bool | None = None
         # Dead-letter log lines are rate-limited: a flood of garbage must not flood the log.
         self._dl_log_window_start = 0.0
@@ -256,6 +257,8 @@ class Shovel:
                     f"Kafka topic(s) {', '.join(missing)} do not exist on "
                     f"{self.settings.kafka_bootstrap} (auto-creation is off): run `trovemeter topics`")
             self.stats.kafka_ok = True
+            self._all_brokers_down = False
+            self._ever_reached_kafka = True
             self._last_report_at = time.monotonic()
             if logged:
                 log.info("kafka.available", extra={"bootstrap": self.settings.kafka_bootstrap})
@@ -552,7 +555,8 @@ class Shovel:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_brokers_down = True
             self.stats.kafka_ok = False
-            if self._kafka_failing_since is None:
+            # Before start-up has reached Kafka, _await_kafka reports the outage itself.
+            if self._kafka_failing_since is None and self._ever_reached_kafka:
                 self._kafka_outage(err.str(), code=err.name())
         else:
             log.debug("kafka.client_error", extra={"error": err.str(), "code": err.name()})

@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"Kafka topic of the records (default {topics.NOTIFICATIONS})")
     parser.add_argument("--dlq-topic", default=topics.NOTIFICATIONS_DLQ,
                         help=f"Kafka topic of the dead letters (default {topics.NOTIFICATIONS_DLQ})")
+    parser.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra librdkafka producer setting, repeatable (e.g. linger.ms=50, "
+                        "message.timeout.ms=30000); overrides the shovel's defaults")
     parser.add_argument("--stop-timeout", type=float, default=10.0,
                         help="seconds to wait for Kafka's outstanding reports on SIGTERM (default 10)")
 
@@ -73,9 +76,16 @@ def run(args: argparse.Namespace) -> int:
     from connectors.metrics import MetricsServer, make_registry
     from connectors.shovel import Shovel, ShovelConfigError
 
+    overrides = {}
+    for item in args.kafka_config:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            log.error("shovel.config_error", extra={"error": f"--kafka-config {item!r}: not KEY=VALUE"})
+            return 2
+        overrides[key.strip()] = value.strip()
     try:
         shovel = Shovel(settings, topic=args.topic, dlq_topic=args.dlq_topic,
-                        stop_timeout=args.stop_timeout)
+                        stop_timeout=args.stop_timeout, producer_overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - e.g. an invalid event mapping or schema
         log.error("shovel.config_error", extra={"error": f"{type(exc).__name__}: {exc}"})
         return 2

@@ -357,8 +357,11 @@ def test_kafka_outage_keeps_messages_unacked_until_kafka_returns(
     batch = fresh_copies(load_fixtures(), 3000)
     ids = {mid for _, _, mid in batch}
     start = end_offsets(kafka_bootstrap, TOPICS)
-    shovel = shovels(queue, [exchange], "--prefetch", "500")
-    before = [b for b in batch[:300]]
+    # Deliveries time out after 5 s here (60 s by default), so the outage also exercises the
+    # failed-report path: re-produce with backoff, never ack.
+    shovel = shovels(queue, [exchange], "--prefetch", "500", "--kafka-config",
+                     "message.timeout.ms=5000")
+    before = batch[:300]
     for fixture, body, _ in before:
         rabbit.publish(exchange, fixture.routing_key, body, fixture.pika_properties())
     wait_for(lambda: shovel.metrics()["trovemeter_shovel_acked_total"] == len(before), 20,
@@ -397,6 +400,7 @@ def test_kafka_outage_keeps_messages_unacked_until_kafka_returns(
     assert acked_during == 0, "acked while Kafka was unreachable"
     assert unacked == 500 and ready == len(batch) - len(before) - 500  # all kept by RabbitMQ
     assert metrics["trovemeter_shovel_in_flight"] == 500
+    assert metrics["trovemeter_shovel_delivery_failures_total"] > 0  # timed out, re-produced
     assert status == 503
 
     found = read_ids(kafka_bootstrap, start, ids, timeout=90)
