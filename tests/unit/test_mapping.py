@@ -63,7 +63,8 @@ def test_families_map_onto_one_model(event_type, expected):
 
 
 @pytest.mark.parametrize("event_type", ["compute.instance.create.end", "dbaas.instance_create",
-                                        "trove.instance.frobnicate", "instance.create.begin", ""])
+                                        "trove.instance.frobnicate", "instance.create.begin", "",
+                                        "dbaas.instance_frobnicate.start", "dbaas.widget_create.end"])
 def test_unmapped_event_types_are_unknown_points(event_type):
     event = MAPPING.classify(event_type)
     assert (event.resource_type, event.operation, event.phase) == \
