@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("trovemeter.simulate_command", "publish simulated Trove notifications to RabbitMQ"),
     "shovel": ("connectors.shovel_command", "RabbitMQ notifications -> Kafka (Avro)"),
     "worker": ("streams.worker_command", "run the Faust worker (pairing, state, usage)"),
+    "bill": ("trovemeter.bill_command", "price trove.usage into invoice lines (CSV/JSON)"),
 }
 
 
