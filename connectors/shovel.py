@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 import logging
 import re
 import time
@@ -37,9 +38,9 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from connectors.ack_window import AckWindow
 from connectors.metrics import ShovelStats
+from connectors.parse_pool import Outcome, ParsePool, ParsePoolDied, Transformer
 from trovemeter import topics
 from trovemeter.codec import RecordSerde, serde_for
-from trovemeter.envelope import BadNotification, parse_body
 from trovemeter.model import AmqpProperties, DeadLetter, RejectReason
 from trovemeter.normalise import Normaliser
 from trovemeter.redaction import mask_url_password
@@ -73,9 +74,11 @@ class ShovelConfigError(Exception):
 class _SessionLost(Exception):
     """The RabbitMQ connection or channel is gone, or the producer must be rebuilt."""
 
-    def __init__(self, why: str, rebuild_producer: bool = False) -> None:
+    def __init__(self, why: str, rebuild_producer: bool = False,
+                 restart_pool: bool = False) -> None:
         super().__init__(why)
         self.rebuild_producer = rebuild_producer
+        self.restart_pool = restart_pool
 
 
 @dataclass(slots=True)
@@ -133,6 +136,8 @@ class Shovel:
         stop_timeout: float = 10.0,
         stall_after: float = 10.0,
         max_reconnect_delay: float = 10.0,
+        parse_workers: int = 1,
+        batch_limit: int = 256,
     ) -> None:
         self.settings = settings
         self.topic, self.dlq_topic = topic, dlq_topic
@@ -145,6 +150,18 @@ class Shovel:
         self.stall_after = stall_after
         self.max_reconnect_delay = max_reconnect_delay
         self._max_bytes = settings.max_message_bytes
+        self._transform = Transformer(max_bytes=settings.max_message_bytes, topic=topic,
+                                      normaliser=self.normaliser, serde=self.serde)
+        # Parsing in helper processes (0 = inline): deliveries wait in _batch until the loop
+        # ships them; shipped batches wait in _pending for their outcomes, in order.
+        self.parse_workers = parse_workers
+        self._pool_config = {"max_bytes": settings.max_message_bytes, "topic": topic,
+                             "event_mapping": settings.event_mapping,
+                             "schema_registry_url": settings.schema_registry_url}
+        self._pool: ParsePool | None = None
+        self._batch: list[tuple[int, Any, Any, bytes]] = []
+        self._batch_limit = batch_limit
+        self._pending: deque[tuple[int, AckWindow, list[tuple[int, Any, Any, bytes]]]] = deque()
 
         self._stopping = False
         self._producer: Producer | None = None
@@ -182,7 +199,24 @@ class Shovel:
 
     def run(self) -> int:
         """Run until stopped. Returns 0 after a graceful stop; raises ``ShovelConfigError``."""
+        try:
+            return self._run()
+        finally:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+
+    def _start_pool(self) -> None:
+        if self.parse_workers > 0:
+            try:
+                self._pool = ParsePool(self.parse_workers, self._pool_config)
+            except ValueError as exc:
+                raise ShovelConfigError(str(exc)) from None
+        self._pending.clear()
+
+    def _run(self) -> int:
         self._producer = self._new_producer()
+        self._start_pool()
         self._await_kafka()
         backoff = _Backoff(self.max_reconnect_delay)
         outage_since: float | None = None
@@ -223,7 +257,8 @@ class Shovel:
                 log.warning("rabbitmq.session_lost", extra={
                     "error": last_error, "unacked_redelivered_by_rabbitmq": len(self._window),
                     "retrying": "with backoff; logged again when connected"})
-                self._drop_session(rebuild_producer=lost.rebuild_producer)
+                self._drop_session(rebuild_producer=lost.rebuild_producer,
+                                   restart_pool=lost.restart_pool)
                 continue
             break  # stopping
         self._shutdown()
@@ -336,12 +371,17 @@ class Shovel:
             except Exception:  # noqa: BLE001 - closing a broken connection may fail any way
                 pass
 
-    def _drop_session(self, rebuild_producer: bool) -> None:
+    def _drop_session(self, rebuild_producer: bool, restart_pool: bool = False) -> None:
         """Forget the channel's deliveries (RabbitMQ redelivers them) and close it."""
         self._close_connection()
         self._window = AckWindow()
         self._retries = []
+        self._batch = []  # batches already shipped come back and are dropped (window changed)
         self.stats.in_flight = 0
+        if restart_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+            self._start_pool()
         if rebuild_producer and self._producer is not None:
             old, self._producer = self._producer, None
             try:
@@ -375,6 +415,10 @@ class Shovel:
                 # While records are in flight, come back to Kafka's reports quickly; idle, wait
                 # longer for RabbitMQ (any delivery ends the wait at once).
                 connection.process_data_events(time_limit=0.002 if len(window) else 0.1)
+                if self._batch:
+                    self._submit_batch()
+                if self._pending:
+                    self._collect()
                 producer.poll(0)
                 if self._retries:
                     self._produce_due_retries()
@@ -385,6 +429,8 @@ class Shovel:
                 if self._producer_fatal is not None:
                     raise _SessionLost(f"Kafka producer fatal error: {self._producer_fatal.str()}",
                                        rebuild_producer=True)
+        except ParsePoolDied as exc:
+            raise _SessionLost(str(exc), restart_pool=True) from None
         except pika.exceptions.AMQPError as exc:
             raise _SessionLost(_describe(exc)) from None
         except OSError as exc:
@@ -402,38 +448,53 @@ class Shovel:
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
         tag = method.delivery_tag
-        window = self._window
-        window.track(tag)
+        self._window.track(tag)
         stats = self.stats
         stats.consumed += 1
         if method.redelivered:
             stats.redelivered += 1
-        try:
-            notification = parse_body(body, max_bytes=self._max_bytes,
-                                      content_type=properties.content_type,
-                                      content_encoding=properties.content_encoding,
-                                      normaliser=self.normaliser)
-        except BadNotification as exc:
-            self._dead_letter(tag, window, method, properties, body, exc.reason, exc.detail)
+        if self._pool is not None:
+            self._batch.append((tag, method, properties, body))
+            if len(self._batch) >= self._batch_limit:
+                self._submit_batch()
             return
-        except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the delivery
-            self._dead_letter(tag, window, method, properties, body, RejectReason.OTHER,
-                              f"parser failed: {type(exc).__name__}: {exc}")
-            return
-        serde = self.serde
-        try:
-            value = serde.encode(notification, self.topic)
-            headers = serde.headers_for(notification)
-        except Exception as exc:  # noqa: BLE001 - CodecError or a bug: dead-letter, never drop
-            self._dead_letter(tag, window, method, properties, body, RejectReason.ENCODE_FAILED,
-                              f"{type(exc).__name__}: {exc}")
+        self._emit(tag, self._window, method, properties, body,
+                   self._transform(body, properties.content_type, properties.content_encoding))
+
+    def _submit_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        assert self._pool is not None
+        batch_id = self._pool.submit([(body, props.content_type, props.content_encoding)
+                                      for _, _, props, body in batch])
+        self._pending.append((batch_id, self._window, batch))
+
+    def _collect(self, timeout: float = 0.0) -> None:
+        """Produce the outcomes the parser helpers finished, in delivery order."""
+        pool = self._pool
+        assert pool is not None
+        for batch_id, outcomes in pool.ready(timeout):
+            expected, window, batch = self._pending.popleft()
+            assert expected == batch_id, (expected, batch_id)
+            if window is not self._window:
+                continue  # a channel that is gone: RabbitMQ redelivers these
+            for (tag, method, properties, body), outcome in zip(batch, outcomes, strict=True):
+                self._emit(tag, window, method, properties, body, outcome)
+        if pool.unknown_by_helper:
+            self.stats.unmapped = pool.unknown_counts()
+            pool.unknown_by_helper.clear()
+
+    def _emit(self, tag: int, window: AckWindow, method: Any, properties: Any, body: bytes,
+              outcome: Outcome) -> None:
+        """Produce a record for ``outcome``, or a dead letter when it is a rejection."""
+        message_id, key, value, headers = outcome
+        if message_id is None:
+            self._dead_letter(tag, window, method, properties, body, RejectReason(key), value)
             return
         headers.append((HEADER_EXCHANGE, method.exchange))
         headers.append((HEADER_ROUTING_KEY, method.routing_key))
-        headers.append((HEADER_MESSAGE_ID, notification.message_id))
-        key = notification.kafka_key
-        self._produce(_Out(self.topic, key.encode() if key is not None else None, value, headers,
-                           tag, window, None, (body, method, properties)))
+        headers.append((HEADER_MESSAGE_ID, message_id))
+        self._produce(_Out(self.topic, key, value, headers, tag, window, None,
+                           (body, method, properties)))
 
     def _dead_letter(self, tag: int, window: AckWindow, method: Any, properties: Any, body: bytes,
                      reason: RejectReason, detail: str, max_body: int = DLQ_MAX_BODY_BYTES) -> None:
@@ -604,6 +665,7 @@ class Shovel:
             "last_delivery_ok": self._last_delivery_ok,
             "in_flight": stats.in_flight,
             "queue": self.settings.queue,
+            "parse_workers": self._pool.workers if self._pool is not None else 0,
             "stopping": self._stopping,
         }
 
@@ -620,8 +682,14 @@ class Shovel:
         try:
             if channel is not None and channel.is_open and self._consumer_tag:
                 channel.basic_cancel(self._consumer_tag)  # pika requeues undispatched deliveries
+            if self._batch:
+                self._submit_batch()
             while window.unconfirmed and time.monotonic() < deadline:
-                producer.poll(0.05)
+                if self._pending:
+                    self._collect(timeout=0.05)
+                    producer.poll(0)
+                else:
+                    producer.poll(0.05)
                 if self._retries:
                     self._produce_due_retries()
                 if connection is not None:
@@ -632,7 +700,7 @@ class Shovel:
                 for tag in window.pop_stragglers():
                     channel.basic_ack(tag, multiple=False)
                     self.stats.acked += 1
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except (pika.exceptions.AMQPError, OSError, ParsePoolDied) as exc:
             log.warning("shovel.stop_ack_failed", extra={"error": _describe(exc)})
         left = window.unconfirmed
         self.stats.in_flight = len(window)

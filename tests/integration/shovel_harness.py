@@ -363,3 +363,25 @@ def drain(url: str, queue: str, idle: float = 1.0) -> list[bytes]:
     finally:
         connection.close()
     return bodies
+
+
+def child_pids(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the shovel's parser helpers)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

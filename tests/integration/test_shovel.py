@@ -31,12 +31,14 @@ from tests.integration.shovel_harness import (
     Record,
     ShovelProcess,
     by_message_id,
+    child_pids,
     close_connections_named,
     drain,
     end_offsets,
     load_fixtures,
     message_id_of,
     oslo_properties,
+    pid_alive,
     queue_counts,
     rabbitmqctl,
     read_records,
@@ -135,14 +137,15 @@ def events(shovel: ShovelProcess, name: str) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------ happy path
 
 
+@pytest.mark.parametrize("parse_workers", ["1", "0"])
 def test_fixtures_arrive_byte_for_byte_with_key_and_headers(
         rabbit: Rabbit, names: tuple[str, str], shovels: Callable[..., ShovelProcess],
-        kafka_bootstrap: str, settings: Any) -> None:
+        kafka_bootstrap: str, settings: Any, parse_workers: str) -> None:
     queue, exchange = names
     fixtures = load_fixtures()
     assert {f.name.rsplit(".", 1)[1] for f in fixtures} == {"v1", "v2"}
     start = end_offsets(kafka_bootstrap, TOPICS)
-    shovel = shovels(queue, [exchange])
+    shovel = shovels(queue, [exchange], "--parse-workers", parse_workers)
     for fixture in fixtures:
         rabbit.publish(exchange, fixture.routing_key, fixture.body, fixture.pika_properties())
 
@@ -189,6 +192,7 @@ def test_fixtures_arrive_byte_for_byte_with_key_and_headers(
     health = json.loads(body)
     assert status == 200 and health["healthy"] and health["rabbit_connected"]
     assert health["kafka_reachable"] and health["in_flight"] == 0 and health["queue"] == queue
+    assert health["parse_workers"] == int(parse_workers)
 
     assert shovel.stop() == 0
     logged = list(shovel.log_events())
@@ -230,7 +234,8 @@ def test_bad_bodies_land_in_the_dlq_with_reason_and_are_acked(
         (huge, plain, RejectReason.TOO_LARGE),
     ]
     start = end_offsets(kafka_bootstrap, TOPICS)
-    shovel = shovels(queue, [exchange], env={"TROVEMETER_MAX_MESSAGE_BYTES": "8192"})
+    shovel = shovels(queue, [exchange], "--parse-workers", "0",
+                     env={"TROVEMETER_MAX_MESSAGE_BYTES": "8192"})
     rabbit.publish(exchange, "notifications.info", good.body, good.pika_properties())
     for body, props, _ in bad:
         rabbit.publish(exchange, "notifications.error", body, props)
@@ -427,8 +432,11 @@ def test_kill_9_mid_stream_loses_nothing(
 
     first = shovels(queue, [exchange], wait=False)
     wait_for(lambda: _acked(first) >= 2000, 30, "2000 acks", interval=0.02)
+    helpers = child_pids(first.pid)
+    assert helpers, "the shovel parses in a helper process by default"
     first.kill()
     assert first.process is not None and first.process.returncode == -signal.SIGKILL
+    wait_for(lambda: not any(pid_alive(p) for p in helpers), 10, "the helpers to die with it")
     ready, unacked = queue_counts(queue)
     assert unacked == 0 and 0 < ready < len(batch)
 

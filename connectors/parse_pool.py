@@ -1,0 +1,227 @@
+"""Parse + normalise + encode: the shovel's CPU-heavy step, inline or in helper processes.
+
+``Transformer`` turns one delivered body into an ``Outcome`` with ``trovemeter.envelope`` and
+``trovemeter.codec`` (the only place the shovel calls them). ``ParsePool`` runs transformers in
+helper processes so that RabbitMQ/Kafka I/O (the shovel's main loop) and parsing use two cores:
+the main process ships batches of raw bodies over a pipe and gets the outcomes back **in
+submission order**, so records leave in the order RabbitMQ delivered them.
+
+A helper holds no state that matters: if one dies, the shovel drops its RabbitMQ session (every
+unacked delivery is redelivered) and starts a new pool. Helpers exit when the main process goes
+away (EOF on the pipe, and PR_SET_PDEATHSIG on Linux), so kill -9 of the shovel leaves nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections import Counter
+from multiprocessing.connection import Connection
+from typing import Any
+
+from trovemeter.envelope import BadNotification, parse_body
+from trovemeter.model import RejectReason
+
+# (message_id, key, value, headers) for a record; (None, reason value, detail, None) for a
+# delivery to dead-letter.
+Outcome = tuple[Any, Any, Any, Any]
+Item = tuple[bytes, str | None, str | None]  # body, content_type, content_encoding
+
+
+class Transformer:
+    """One delivered body -> ``Outcome``; never raises for a bad body."""
+
+    def __init__(self, *, max_bytes: int, topic: str, normaliser: Any, serde: Any) -> None:
+        self.max_bytes, self.topic = max_bytes, topic
+        self.normaliser, self.serde = normaliser, serde
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Transformer:
+        from trovemeter.codec import serde_for
+        from trovemeter.normalise import Normaliser
+        from trovemeter.settings import CommonSettings
+
+        settings = CommonSettings(max_message_bytes=config["max_bytes"],
+                                  event_mapping=config.get("event_mapping"),
+                                  schema_registry_url=config.get("schema_registry_url"))
+        return cls(max_bytes=config["max_bytes"], topic=config["topic"],
+                   normaliser=Normaliser.from_settings(settings), serde=serde_for(settings))
+
+    def __call__(self, body: bytes, content_type: str | None,
+                 content_encoding: str | None) -> Outcome:
+        try:
+            notification = parse_body(body, max_bytes=self.max_bytes, content_type=content_type,
+                                      content_encoding=content_encoding, normaliser=self.normaliser)
+        except BadNotification as exc:
+            return (None, exc.reason.value, exc.detail, None)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the delivery
+            return (None, RejectReason.OTHER.value, f"parser failed: {type(exc).__name__}: {exc}",
+                    None)
+        try:
+            value = self.serde.encode(notification, self.topic)
+            headers = self.serde.headers_for(notification)
+        except Exception as exc:  # noqa: BLE001 - CodecError or a bug: dead-letter, never drop
+            return (None, RejectReason.ENCODE_FAILED.value, f"{type(exc).__name__}: {exc}", None)
+        key = notification.kafka_key
+        return (notification.message_id, key.encode() if key is not None else None, value, headers)
+
+    def unknown_counts(self) -> Counter[str]:
+        return self.normaliser.unknown_counts
+
+
+class ParsePoolDied(RuntimeError):
+    """A helper process is gone (crashed or killed)."""
+
+
+def _die_with_parent() -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _helper_main(conn: Connection) -> None:
+    """A helper process: its config, then batches in, outcomes out, until EOF or b""."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        config = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
+    try:
+        transform = Transformer.from_config(config)
+    except Exception as exc:  # noqa: BLE001 - e.g. an invalid event mapping: tell the parent
+        conn.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+        return
+    conn.send_bytes(pickle.dumps(("ready", os.getpid())))
+    counts = transform.unknown_counts()
+    seen_unknown = sum(counts.values())
+    dumps, loads = pickle.dumps, pickle.loads
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not data:
+            return
+        batch_id, items = loads(data)
+        outcomes = [transform(body, ctype, cenc) for body, ctype, cenc in items]
+        unknown = None
+        total = sum(counts.values()) if counts else 0
+        if total != seen_unknown:
+            seen_unknown, unknown = total, dict(counts)
+        conn.send_bytes(dumps((batch_id, outcomes, unknown), protocol=5))
+
+
+class ParsePool:
+    """``workers`` helper processes; ``submit`` batches, ``ready`` returns outcomes in order."""
+
+    def __init__(self, workers: int, config: dict[str, Any], start_timeout: float = 60.0) -> None:
+        # Plain subprocesses on a socketpair rather than multiprocessing's spawn, which would
+        # re-run the host program's __main__ in each helper.
+        self._conns: list[Connection] = []
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._next_submit = 0
+        self._next_result = 0
+        self._done: dict[int, tuple[list[Outcome], int]] = {}
+        self.unknown_by_helper: dict[int, dict[str, int]] = {}
+        try:
+            for _ in range(workers):
+                ours, theirs = socket.socketpair()
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "connectors.parse_pool", str(theirs.fileno())],
+                    pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
+                theirs.close()
+                conn = Connection(ours.detach())
+                self._conns.append(conn)
+                self._procs.append(process)
+                conn.send_bytes(pickle.dumps(config))
+            for conn in self._conns:
+                if not conn.poll(start_timeout):
+                    raise ParsePoolDied(f"parser helper did not start within {start_timeout:.0f}s")
+                try:
+                    kind, detail = pickle.loads(conn.recv_bytes())
+                except (EOFError, OSError):
+                    raise ParsePoolDied("parser helper exited during start-up") from None
+                if kind != "ready":
+                    raise ValueError(f"parser helper could not start: {detail}")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def workers(self) -> int:
+        return len(self._conns)
+
+    @property
+    def outstanding(self) -> int:
+        """Batches submitted whose outcomes were not handed out yet."""
+        return self._next_submit - self._next_result
+
+    def submit(self, items: list[Item]) -> int:
+        batch_id = self._next_submit
+        conn = self._conns[batch_id % len(self._conns)]
+        try:
+            conn.send_bytes(pickle.dumps((batch_id, items), protocol=5))
+        except (OSError, ValueError) as exc:
+            raise ParsePoolDied(f"parser helper gone: {exc}") from None
+        self._next_submit += 1
+        return batch_id
+
+    def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Outcome]]]:
+        """Outcomes of the oldest batches that are done, in submission order. Waits up to
+        ``timeout`` for the oldest one when nothing is ready."""
+        if self.outstanding == 0:
+            return []
+        if timeout and self._next_result not in self._done:
+            conn = self._conns[self._next_result % len(self._conns)]
+            conn.poll(timeout)
+        for index, conn in enumerate(self._conns):
+            try:
+                while conn.poll(0):
+                    batch_id, outcomes, unknown = pickle.loads(conn.recv_bytes())
+                    self._done[batch_id] = (outcomes, index)
+                    if unknown is not None:
+                        self.unknown_by_helper[index] = unknown
+            except (EOFError, OSError) as exc:
+                raise ParsePoolDied(f"parser helper {self._procs[index].pid} died: "
+                                    f"{type(exc).__name__}") from None
+        out = []
+        while self._next_result in self._done:
+            outcomes, _ = self._done.pop(self._next_result)
+            out.append((self._next_result, outcomes))
+            self._next_result += 1
+        return out
+
+    def unknown_counts(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for counts in self.unknown_by_helper.values():
+            total.update(counts)
+        return total
+
+    def close(self, timeout: float = 5.0) -> None:
+        for conn in self._conns:
+            try:
+                conn.send_bytes(b"")
+            except (OSError, ValueError):
+                pass
+        for process in self._procs:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        for conn in self._conns:
+            conn.close()
+        self._conns, self._procs = [], []
+
+
+if __name__ == "__main__":  # a helper: python -m connectors.parse_pool FD
+    _helper_main(Connection(int(sys.argv[1])))
