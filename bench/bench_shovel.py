@@ -191,10 +191,11 @@ def _bare_worker(argv: list[str]) -> None:
 
 
 def shovel_run(queue: str, exchange: str, n: int, prefetch: int, log_path: Path,
-               metrics_port: int) -> dict[str, Any]:
+               metrics_port: int, parse_workers: int = 1) -> dict[str, Any]:
     shovel = ShovelProcess(queue, [exchange], metrics_port, log_path,
                            extra_args=["--prefetch", str(prefetch), "--topic", SHOVEL_TOPIC,
-                                       "--dlq-topic", SHOVEL_DLQ])
+                                       "--dlq-topic", SHOVEL_DLQ,
+                                       "--parse-workers", str(parse_workers)])
     shovel.start()
     meter = CpuMeter(shovel.pid)
     try:
@@ -287,7 +288,8 @@ def run_round(args: argparse.Namespace, round_no: int, bare_first: bool) -> dict
             with tempfile.NamedTemporaryFile(prefix="bench-shovel-", suffix=".log",
                                              delete=False) as log_file:
                 log_path = Path(log_file.name)
-            shovel = shovel_run(shovel_queue, exchange, n, args.prefetch, log_path, free_port())
+            shovel = shovel_run(shovel_queue, exchange, n, args.prefetch, log_path, free_port(),
+                                args.parse_workers)
             got: set[str] = set()
             sizes: list[int] = []
 
@@ -324,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds, alternating which loop goes first (the machine is shared)")
     parser.add_argument("--prefetch", type=int, default=2000)
+    parser.add_argument("--parse-workers", type=int, default=1,
+                        help="the shovel's --parse-workers (0 = parse in its main process)")
     parser.add_argument("--rabbit-url", default=os.environ.get(
         "TROVEMETER_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/"))
     parser.add_argument("--bootstrap", default=os.environ.get(
@@ -353,6 +357,7 @@ def _median(values: list[float]) -> float:
 def summarise(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"benchmark": "shovel", "messages_per_round": args.messages,
                            "rounds": len(rounds), "prefetch": args.prefetch,
+                           "parse_workers": args.parse_workers, "cpus": os.cpu_count(),
                            "mean_body_bytes": rounds[0]["mean_body_bytes"],
                            "mean_record_bytes": rounds[0]["shovel"]["mean_record_bytes"],
                            "complete": all(r[k]["complete"] for r in rounds for k in ("bare", "shovel"))}
@@ -380,7 +385,8 @@ def print_round(r: dict[str, Any], n: int) -> None:
 def print_table(result: dict[str, Any]) -> None:
     print(f"\nshovel benchmark: {result['rounds']} rounds x {result['messages_per_round']} messages, "
           f"mean body {result['mean_body_bytes']} B -> record {result['mean_record_bytes']} B, "
-          f"prefetch {result['prefetch']}")
+          f"prefetch {result['prefetch']}, parse workers {result['parse_workers']}, "
+          f"{result['cpus']} CPUs")
     print(f"{'loop':<8} {'median/s':>10} {'best/s':>10}  "
           f"cpu us/msg: main process + parser helpers, rabbitmq, kafka")
     for name in ("bare", "shovel"):

@@ -509,3 +509,27 @@ def test_reconnects_after_the_connection_is_closed_and_logs_once(
     assert len(events(shovel, "rabbitmq.session_lost")) == 1
     assert len(events(shovel, "rabbitmq.reconnected")) == 1
     assert shovel.stop() == 0
+
+
+def test_a_killed_parser_helper_loses_nothing(
+        rabbit: Rabbit, names: tuple[str, str], shovels: Callable[..., ShovelProcess],
+        kafka_bootstrap: str) -> None:
+    queue, exchange = names
+    batch = fresh_copies(load_fixtures(), 6000)
+    ids = {mid for _, _, mid in batch}
+    rabbit.prepare(queue, [exchange])
+    rabbit.publish_many((exchange, f.routing_key, body, f.pika_properties()) for f, body, _ in batch)
+    rabbit.wait_ready(queue, len(batch))
+    start = end_offsets(kafka_bootstrap, TOPICS)
+    shovel = shovels(queue, [exchange], wait=False)
+    wait_for(lambda: _acked(shovel) >= 1000, 30, "1000 acks", interval=0.02)
+    (helper,) = child_pids(shovel.pid)
+    os.kill(helper, signal.SIGKILL)
+
+    found = read_ids(kafka_bootstrap, start, ids, timeout=90)
+    assert ids <= found.keys(), f"{len(ids - found.keys())} messages lost"
+    wait_for(lambda: queue_counts(queue) == (0, 0), 30, "the queue to drain", interval=1)
+    lost = events(shovel, "rabbitmq.session_lost")
+    assert len(lost) == 1 and "parser helper" in lost[0]["error"]
+    assert len(child_pids(shovel.pid)) == 1  # a new helper took over
+    assert shovel.stop() == 0
