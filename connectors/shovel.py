@@ -1,10 +1,14 @@
 """RabbitMQ (oslo.messaging notifications) -> Kafka (Avro records), acked only after Kafka confirmed.
 
-One process, one thread doing the work, one pika ``BlockingConnection`` driven by our own loop:
+One thread drives a pika ``BlockingConnection`` and a confluent-kafka ``Producer`` in its own loop:
 
-    process_data_events(time_limit)   deliveries -> _on_message: parse, encode, produce()
+    process_data_events(time_limit)   deliveries -> _on_message: track the tag, batch the body
+    _submit_batch / _collect          parse + encode in a helper process (``parse_pool``),
+                                      outcomes back in delivery order -> produce()
     producer.poll(0)                  delivery reports -> AckWindow.confirm(tag)
     basic_ack(top, multiple=True)     top = highest contiguous confirmed delivery tag
+
+(``parse_workers=0`` parses inline in ``_on_message`` instead.) See docs/shovel.md.
 
 Guarantees (as RabbitMQ's Shovel in ``on-confirm`` mode):
 - a delivery is acked only after Kafka's delivery report for its record (or for its dead letter)
@@ -23,11 +27,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass
 from time import perf_counter
 from typing import Any
@@ -96,7 +99,7 @@ class _Out:
 
 
 def producer_config(settings: ShovelSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """librdkafka settings of the shovel's producer (see ``docs`` in the module docstring)."""
+    """librdkafka settings of the shovel's producer; ``overrides`` (--kafka-config) win."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "client.id": "trovemeter-shovel",
@@ -407,7 +410,7 @@ class Shovel:
     # ------------------------------------------------------------------ the loop
 
     def _pump(self) -> None:
-        connection, producer, stats = self._connection, self._producer, self.stats
+        connection, producer = self._connection, self._producer
         assert connection is not None and producer is not None
         try:
             while not self._stopping:
@@ -435,7 +438,6 @@ class Shovel:
             raise _SessionLost(_describe(exc)) from None
         except OSError as exc:
             raise _SessionLost(_describe(exc)) from None
-        del stats
 
     def _ack_confirmed(self) -> None:
         window = self._window
@@ -763,5 +765,3 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or repr(exc)
     return mask_url_password(f"{type(exc).__name__}: {text}")
 
-
-HealthFn = Callable[[], dict[str, Any]]
