@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 STACK := stack/stack.sh
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up down status logs clean topics test unit integration demo bench
+.PHONY: help venv up down status logs clean topics test unit integration demo screenshot bench
 
 help:
 	@echo "make demo    set up, start the stack and run trovemeter on simulated Trove traffic"
 	@echo "make test    set up, start the stack, run unit + integration tests, stop what it started"
-	@echo "make up|down|status|logs|clean   the local Kafka + RabbitMQ stack (state in .stack/)"
+	@echo "make up|down|status|logs|clean   the local Kafka + RabbitMQ stack (state in .stack/); down also stops the demo's shovel and worker"
+	@echo "make screenshot   headless-Chromium screenshot of the running demo's dashboard (.stack/screenshots/dashboard.png)"
 	@echo "make unit | integration | bench | topics"
 
 $(STAMP): pyproject.toml
@@ -52,11 +53,16 @@ integration: $(STAMP)
 test:
 	@stack/run-tests.sh
 
+# DEMO_ARGS: flags of `trovemeter demo`, e.g. make demo DEMO_ARGS="--seed 42 --duration 40"
 demo: $(STAMP)
 	@$(STACK) up
-	@$(BIN)/trovemeter topics
-	@echo "demo: the stack is up (Kafka 127.0.0.1:9092, RabbitMQ 127.0.0.1:5672)."
-	@echo "demo: the shovel, the worker and the traffic simulator are not built yet (issues #4, #5, #7)."
+	@$(BIN)/trovemeter topics >/dev/null
+	@$(BIN)/trovemeter demo $(DEMO_ARGS)
+
+# The dashboard of the running demo (make demo first), as a headless Chromium sees it.
+screenshot: $(STAMP)
+	@stack/ensure-chromium.sh
+	@$(BIN)/python -m tests.integration.dashboard_browser --out .stack/screenshots/dashboard.png
 
 bench: $(STAMP)
 	@$(STACK) up

@@ -243,6 +243,14 @@ rabbit_down() {
   if command -v epmd >/dev/null && ! epmd -names 2>/dev/null | grep -q '^name '; then epmd -kill >/dev/null 2>&1 || true; fi
 }
 
+demo_down() { # the shovel and worker `trovemeter demo` left running (.stack/run/*.pid)
+  local pidfile
+  for pidfile in "$STACK_DIR"/run/*.pid; do
+    [ -f "$pidfile" ] && stop_pidfile "$pidfile" "demo $(basename "$pidfile" .pid)"
+  done
+  return 0
+}
+
 status() {
   local rc=0
   if pid_alive "$KAFKA_DIR/kafka.pid" && port_open "$KAFKA_PORT"; then
@@ -271,7 +279,7 @@ logs() {
 case "${1:-}" in
   fetch) kafka_fetch; rabbit_install ;;
   up) start=$(date +%s); kafka_up; rabbit_up; say "stack ready in $(( $(date +%s) - start ))s" ;;
-  down) stop_pidfile "$KAFKA_DIR/kafka.pid" Kafka; rabbit_down ;;
+  down) demo_down; stop_pidfile "$KAFKA_DIR/kafka.pid" Kafka; rabbit_down ;;
   status) status ;;
   logs) logs ;;
   clean) "$0" down; rm -rf "$KAFKA_DIR/data" "$KAFKA_DIR/logs" "$KAFKA_DIR/cluster.id" "$RABBIT_DIR" "$STACK_DIR/run"; say "state removed (Kafka jars kept in $KAFKA_DIR/libs)" ;;

@@ -15,6 +15,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "shovel": ("connectors.shovel_command", "RabbitMQ notifications -> Kafka (Avro)"),
     "worker": ("streams.worker_command", "run the Faust worker (pairing, state, usage)"),
     "bill": ("trovemeter.bill_command", "price trove.usage into invoice lines (CSV/JSON)"),
+    "tail": ("trovemeter.tail_command", "print a topic's records decoded, as JSON lines"),
+    "demo": ("trovemeter.demo_command", "shovel + worker + simulator, live view, expected-vs-actual summary"),
 }
 
 
