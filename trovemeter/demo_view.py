@@ -111,7 +111,7 @@ def render_frame(state: LiveState, *, color: bool = True, width: int = 100,
                    f"{'backup GB·h':>14}{'exists h':>10}", bold))
     usage = snap.get("usage")
     if usage:
-        for row in usage["tenants"]:
+        for row in sorted(usage["tenants"], key=lambda r: -r["instance_hours"])[:8]:
             lines.append(f"{row['tenant_id'][:16]:<20}{row['instance_hours']:>12,.2f}"
                          f"{row['volume_gb_hours']:>14,.1f}{row['backup_gb_hours']:>14,.2f}"
                          f"{row['exists_hours']:>10,.0f}")

@@ -156,8 +156,20 @@ function renderResources(resources) {
   $("resources-empty").hidden = types.length > 0;
 }
 
+const USAGE_ROWS = 12;
+
 function renderUsage(usage) {
-  const rows = usage ? usage.tenants : [];
+  const all = usage ? [...usage.tenants] : [];
+  all.sort((a, b) => (b.instance_hours - a.instance_hours) || (b.exists_hours - a.exists_hours)
+    || a.tenant_id.localeCompare(b.tenant_id));
+  const rows = all.slice(0, USAGE_ROWS);
+  if (all.length > USAGE_ROWS) {
+    const rest = all.slice(USAGE_ROWS);
+    const sum = (key) => rest.reduce((total, row) => total + row[key], 0);
+    rows.push({ tenant_id: `+ ${rest.length} more tenants`, instance_hours: sum("instance_hours"),
+      volume_gb_hours: sum("volume_gb_hours"), backup_gb_hours: sum("backup_gb_hours"),
+      exists_hours: sum("exists_hours") });
+  }
   fillRows("usage", "usage-empty", rows, (row) => [
     td(row.tenant_id, "mono"), td(fmtNumber(row.instance_hours, 2), "n"),
     td(fmtNumber(row.volume_gb_hours, 1), "n"), td(fmtNumber(row.backup_gb_hours, 2), "n"),
