@@ -1,0 +1,329 @@
+"""Hourly audit burst: N `trove.instance.exists` (one per live instance, N = 100k) published at
+once -> all reflected in `trove.usage`; seconds, beside the shovel's share from the same run.
+
+    .venv/bin/python -m bench.bench_audit_burst [--instances 100000]
+
+Inputs: one seeded simulator scenario (``ScenarioConfig``: 1 hour, no failures, no noise, no
+backups or clusters, 64 tenants, exists audits on), with enough instance lifecycles that N
+instances are live at the horizon. Its messages are split:
+
+1. *preload*: every message that shapes the billing state of the first N live instances
+   (create start/end and ``trove.instance.create``, flavor and volume resizes with their
+   ``trove.instance.modify_*``); restarts, reboots, unknown events and the instances deleted
+   within the hour are left out, so the worker holds exactly N live instances. Published as fast
+   as possible, then the bench waits until the worker has consumed all of it (its consumer
+   group's lag on `trove.notifications` is 0). The worker's RSS then is the memory figure
+   "worker RSS with N live instances" (handed to bench_memory in the same `make bench`).
+2. *burst*: the hour's N audits (period [start, start + 1 h]), published at once, followed by
+   the scenario's closing ``dbaas.quota`` messages (900 s of event time after the horizon),
+   which move the worker's event time past the hour's end + allowed lateness so the hour closes.
+
+Timed from the first publish of the burst to the receipt (by a reader here) of the last of the N
+``instance.exists.seconds`` records of those instances on `trove.usage`. Checked before it
+counts: every one of the N instances has its record (latest version per record id) and each is
+3600 s, the audit period, as the simulator's ``ExpectedTotals.exists_seconds`` says.
+Baseline: the same burst's time to `trove.notifications` (the shovel's share).
+
+"not run" while the worker has no usage agent (nothing under streams/ uses trovemeter.accrual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import not_run_row, row  # noqa: E402
+from bench.bench_latency import (  # noqa: E402
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_RABBIT,
+    RUN_DIR,
+    PacedPublisher,
+    Pipeline,
+    TopicCollector,
+    WorkerUnavailable,
+    tree_rss_kb,
+    worker_available,
+)
+
+EXISTS_METER = "instance.exists.seconds"
+FIGURE = "{n} trove.instance.exists -> trove.usage"
+LIVE_SHARE = 0.66  # instances live at the horizon of a 1-hour scenario (measured: 0.67)
+_INSTANCE_ID = re.compile(rb'instance_id\\?": \\?"([0-9a-f-]{36})')
+_REQUEST_ID = re.compile(rb'request_id\\?": \\?"(req-[0-9a-f-]{36})')
+_BILLING_EVENTS = frozenset({
+    "dbaas.instance_create.start", "dbaas.instance_create.end", "trove.instance.create",
+    "dbaas.instance_resize_instance.start", "dbaas.instance_resize_instance.end",
+    "trove.instance.modify_flavor",
+    "dbaas.instance_resize_volume.start", "dbaas.instance_resize_volume.end",
+    "trove.instance.modify_volume",
+})
+
+
+def shared_path(run_id: str) -> Path:
+    """Where this run's memory figures go for bench_memory (same `make bench` run id)."""
+    return RUN_DIR / f"bench-shared-{run_id}.json"
+
+
+def _label(n: int) -> str:
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else f"{n:,}"
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def build_inputs(instances: int, seed: int) -> dict[str, Any]:
+    """Preload, burst and closing messages for ``instances`` live instances."""
+    from trovemeter.simulation import ScenarioConfig, build_scenario
+
+    t = time.monotonic()
+    planned = int(instances / LIVE_SHARE) + 50
+    while True:
+        config = ScenarioConfig(seed=seed, tenants=64, instances=planned, hours=1,
+                                failure_rate=0.0, abandon_rate=0.0, duplicate_rate=0.0,
+                                reorder_rate=0.0, garbage_rate=0.0, backups=False,
+                                clusters=False, exists_audits=True)
+        scenario = build_scenario(config)
+        if scenario.expected.resources["instances_live_at_horizon"] >= instances:
+            break
+        planned = int(planned * 1.1) + 10
+    messages = list(scenario.messages())
+    # Pass 1: the live instances (the first N audited) and each request's instance.
+    live: dict[str, int] = {}
+    request_instance: dict[bytes, bytes] = {}
+    for i, message in enumerate(messages):
+        event_type = message.event_type
+        if event_type == "trove.instance.exists":
+            if len(live) < instances:
+                found = _INSTANCE_ID.search(message.body)
+                assert found, "an exists audit without instance_id"
+                live[found.group(1).decode()] = i
+        elif event_type in _BILLING_EVENTS and event_type.endswith(".end"):
+            found, request = _INSTANCE_ID.search(message.body), _REQUEST_ID.search(message.body)
+            if found and request:
+                request_instance[request.group(1)] = found.group(1)
+    live_ids = {k.encode() for k in live}
+    burst_index = set(live.values())
+    preload, burst, closing = [], [], []
+    for i, message in enumerate(messages):
+        event_type = message.event_type
+        if event_type == "trove.instance.exists":
+            if i in burst_index:
+                burst.append(message)
+        elif event_type == "dbaas.quota":
+            closing.append(message)
+        elif event_type in _BILLING_EVENTS:
+            found = _INSTANCE_ID.search(message.body)
+            instance = found.group(1) if found else None
+            if instance is None:  # a create start: its instance is named by its end
+                request = _REQUEST_ID.search(message.body)
+                instance = request_instance.get(request.group(1)) if request else None
+            if instance in live_ids:
+                preload.append(message)
+    del messages
+    return {"config": config, "preload": preload, "burst": burst, "closing": closing,
+            "live": set(live), "planned_instances": planned,
+            "build_seconds": round(time.monotonic() - t, 1)}
+
+
+# ------------------------------------------------------------------ the run
+
+
+def wait_consumed(pipeline: Pipeline, published: int, timeout: float,
+                  samples: dict[str, list[int]]) -> float:
+    """Seconds until the shovel acked ``published`` messages and the worker's lag is 0 (twice
+    in a row); samples RSS meanwhile. Raises TimeoutError."""
+    assert pipeline.worker is not None
+    started = time.monotonic()
+    zero_seen = 0
+    while time.monotonic() - started < timeout:
+        samples["worker"].append(pipeline.worker.rss_kb())
+        samples["shovel"].append(tree_rss_kb(pipeline.shovel.pid))
+        if pipeline.worker.process is not None and pipeline.worker.process.poll() is not None:
+            raise WorkerUnavailable(f"the worker exited with {pipeline.worker.process.returncode} "
+                                    f"during the preload (log {pipeline.logs.get('worker')})")
+        acked = pipeline.shovel.metrics().get("trovemeter_shovel_acked_total", 0)
+        if acked >= published:
+            lag = pipeline.worker.lag()
+            zero_seen = zero_seen + 1 if lag == 0 else 0
+            if zero_seen >= 2:
+                return time.monotonic() - started
+        time.sleep(0.5)
+    raise TimeoutError(f"the worker had not consumed the preload after {timeout:.0f}s")
+
+
+def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
+    """Preload N live instances into a fresh worker; with ``burst``, time the audit burst."""
+    from trovemeter import topics
+    from trovemeter.codec import default_codec
+
+    inputs = build_inputs(args.instances, args.seed)
+    live = inputs["live"]
+    n = len(live)
+    print(f"audit burst: {len(inputs['preload']):,} preload messages for {n:,} live instances "
+          f"({inputs['planned_instances']:,} planned), {len(inputs['burst']):,} audits, "
+          f"{len(inputs['closing'])} closing; built in {inputs['build_seconds']}s",
+          file=sys.stderr, flush=True)
+    result: dict[str, Any] = {"instances": n, "preload_messages": len(inputs["preload"]),
+                              "burst_messages": len(inputs["burst"]),
+                              "closing_messages": len(inputs["closing"]),
+                              "scenario_seed": args.seed,
+                              "build_seconds": inputs["build_seconds"]}
+    samples: dict[str, list[int]] = {"worker": [], "shovel": []}
+    with Pipeline(args.rabbit_url, args.bootstrap, label="bench-audit") as pipeline:
+        assert pipeline.worker is not None
+        result["startup_s"] = pipeline.startup_s
+        result["worker_idle_rss_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
+        result["shovel_idle_rss_mb"] = round(tree_rss_kb(pipeline.shovel.pid) / 1024, 1)
+        collector = TopicCollector(args.bootstrap, [topics.USAGE, topics.NOTIFICATIONS])
+        collector.start()
+        collector.ready.wait(30)
+        publisher = PacedPublisher(args.rabbit_url)
+        try:
+            t = time.perf_counter()
+            publisher.publish(pipeline.exchange, inputs["preload"], None)
+            published = len(inputs["preload"])
+            result["preload_seconds"] = round(
+                wait_consumed(pipeline, published, args.preload_timeout, samples)
+                + time.perf_counter() - t, 1)
+            result["worker_rss_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
+            result["worker_peak_rss_mb"] = round(max(samples["worker"]) / 1024, 1)
+            result["shovel_peak_rss_mb"] = round(max(samples["shovel"]) / 1024, 1)
+            result["preload_rate"] = round(published / result["preload_seconds"])
+            print(f"audit burst: preload consumed in {result['preload_seconds']}s; worker RSS "
+                  f"{result['worker_rss_mb']} MB (idle {result['worker_idle_rss_mb']} MB)",
+                  file=sys.stderr, flush=True)
+            if not burst:
+                collector.stop()
+                return result
+            burst_ids = set()
+            for message in inputs["burst"]:
+                found = re.search(rb'message_id\\?": \\?"([0-9a-f-]{36})', message.body)
+                if found:
+                    burst_ids.add(found.group(1).decode())
+            scanned = len(collector.records)
+            t0 = time.perf_counter()
+            publisher.publish(pipeline.exchange, inputs["burst"] + inputs["closing"], None)
+            result["burst_publish_seconds"] = round(time.perf_counter() - t0, 2)
+            codec = default_codec()
+            latest: dict[str, Any] = {}
+            last_exists: dict[str, float] = {}
+            on_kafka: dict[str, float] = {}
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                end = len(collector.records)
+                for received, topic, value, headers in collector.records[scanned:end]:
+                    if topic == topics.USAGE:
+                        try:
+                            record = codec.decode(value)
+                        except Exception:  # noqa: BLE001 - other writers' records
+                            continue
+                        if getattr(record, "meter", None) != EXISTS_METER or \
+                                record.resource_id not in live:
+                            continue
+                        old = latest.get(record.record_id)
+                        if old is None or record.version > old.version:
+                            latest[record.record_id] = record
+                        last_exists.setdefault(record.resource_id, received)
+                    else:
+                        for key, header in headers or ():
+                            if key == "trovemeter.message_id" and header.decode() in burst_ids:
+                                on_kafka.setdefault(header.decode(), received)
+                scanned = end
+                if len(last_exists) >= n:
+                    break
+                time.sleep(0.2)
+            collector.stop()
+            result["worker_rss_after_burst_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
+        finally:
+            publisher.close()
+            if collector.is_alive():
+                collector.stop()
+    per_instance: dict[str, float] = {}
+    for record in latest.values():
+        per_instance[record.resource_id] = per_instance.get(record.resource_id, 0.0) + \
+            float(record.quantity)
+    wrong = sum(1 for q in per_instance.values() if abs(q - 3600.0) > 1e-6)
+    result.update({
+        "records_seen": len(last_exists), "wrong_quantity": wrong,
+        "complete": len(last_exists) == n and wrong == 0,
+        "seconds": round(max(last_exists.values()) - t0, 2) if last_exists else None,
+        "shovel_seconds": round(max(on_kafka.values()) - t0, 2)
+        if len(on_kafka) == len(burst_ids) and on_kafka else None,
+        "burst_on_kafka": len(on_kafka),
+    })
+    return result
+
+
+def share_memory(result: dict[str, Any]) -> None:
+    run_id = os.environ.get("TROVEMETER_BENCH_RUN_ID")
+    if not run_id or "worker_rss_mb" not in result:
+        return
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    keys = ("instances", "worker_rss_mb", "worker_idle_rss_mb", "worker_peak_rss_mb",
+            "shovel_peak_rss_mb", "shovel_idle_rss_mb", "preload_messages", "preload_rate")
+    shared_path(run_id).write_text(json.dumps({k: result.get(k) for k in keys}))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench_audit_burst", description=__doc__.splitlines()[0])
+    p.add_argument("--instances", type=int, default=100_000, help="live instances (= audits)")
+    p.add_argument("--seed", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=240.0,
+                   help="seconds to wait for the burst's usage records")
+    p.add_argument("--preload-timeout", type=float, default=300.0)
+    p.add_argument("--rabbit-url", default=os.environ.get("TROVEMETER_RABBIT_URL", DEFAULT_RABBIT))
+    p.add_argument("--bootstrap", default=os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP",
+                                                         DEFAULT_BOOTSTRAP))
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parser().parse_args(argv)
+    figure = FIGURE.format(n=_label(args.instances))
+    target = "<= 20 s" if args.instances >= 100_000 else None
+
+    def not_run(reason: str) -> dict[str, Any]:
+        print(f"bench_audit_burst: not run: {reason}", file=sys.stderr)
+        return {"benchmark": "audit burst", "not_run": reason,
+                "rows": [not_run_row("audit burst", figure, reason, "<= 20 s")]}
+
+    if not worker_available("trove.usage"):
+        return not_run("usage agent not built (nothing under streams/ uses trovemeter.accrual)")
+    try:
+        result = run(args)
+    except WorkerUnavailable as exc:
+        return not_run(str(exc))
+    except TimeoutError as exc:
+        return not_run(str(exc))
+    share_memory(result)
+    if result["records_seen"] == 0:
+        return not_run(f"the worker wrote no {EXISTS_METER} records within {args.timeout:.0f}s "
+                       "of the burst")
+    seconds, base = result["seconds"], result["shovel_seconds"]
+    note = (f"{result['records_seen']:,}/{result['instances']:,} instances' records, "
+            f"{result['wrong_quantity']} wrong; burst published in "
+            f"{result['burst_publish_seconds']}s; preload {result['preload_messages']:,} msgs "
+            f"at {result['preload_rate']:,}/s")
+    result["rows"] = [row("audit burst", figure, seconds, "s",
+                          baseline="same burst -> trove.notifications (shovel only)",
+                          baseline_value=base, target=target,
+                          met=(seconds is not None and seconds <= 20) if target else None,
+                          complete=result["complete"], note=note)]
+    result["benchmark"] = "audit burst"
+    print(json.dumps({k: v for k, v in result.items() if k != "rows"}), file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    figures = main(sys.argv[1:])
+    sys.exit(0 if figures.get("complete") or figures.get("not_run") else 1)
