@@ -46,8 +46,9 @@ OUTPUT_TOPICS = (topics.OPERATIONS, topics.ERRORS, topics.RESOURCES, topics.USAG
 WATCHED_TOPICS = (topics.NOTIFICATIONS, topics.NOTIFICATIONS_DLQ, *OUTPUT_TOPICS)
 DEMO_APP_PREFIX = "trovemeter-demo-"
 # The worker, with the dashboard registered whether or not streams/app.py imports it yet.
+# sys.argv as `trovemeter worker ...` would have it, in case the worker hands it to Faust.
 WORKER_SHIM = ("import sys, streams.dashboard; from trovemeter.cli import main; "
-               "sys.exit(main(['worker', *sys.argv[1:]]))")
+               "sys.argv = ['trovemeter', 'worker', *sys.argv[1:]]; sys.exit(main(sys.argv[1:]))")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -541,7 +542,15 @@ def simulate_argv(args: argparse.Namespace, seed: int, start: datetime, speed: f
     return argv
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one story, told in order
+def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:  # before the simulator runs (it has its own handling)
+        print("\ndemo: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one story, in order
     from trovemeter import simulate_command
     from trovemeter.codec import serde_for
     from trovemeter.settings import CommonSettings

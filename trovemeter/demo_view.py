@@ -120,6 +120,28 @@ def render_frame(state: LiveState, *, color: bool = True, width: int = 100,
     return lines[:max_lines]
 
 
+def clip(line: str, width: int) -> str:
+    """``line`` cut to ``width`` visible characters; ANSI colour codes do not count."""
+    out: list[str] = []
+    visible = 0
+    i = 0
+    while i < len(line):
+        if line[i] == "\x1b":
+            end = line.find("m", i)
+            if end < 0:
+                break
+            out.append(line[i:end + 1])
+            i = end + 1
+            continue
+        if visible >= width:
+            out.append("\x1b[0m")
+            break
+        out.append(line[i])
+        visible += 1
+        i += 1
+    return "".join(out)
+
+
 def _clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -145,8 +167,9 @@ class Screen:
         self._height = 0
 
     def draw(self, lines: list[str]) -> None:
-        rows = shutil.get_terminal_size((100, 40)).lines
-        lines = lines[: max(5, rows - 2)]
+        size = shutil.get_terminal_size((100, 40))
+        # A wrapped line would take two rows and the next frame would be drawn too low.
+        lines = [clip(line, size.columns - 1) for line in lines[: max(5, size.lines - 2)]]
         out = []
         if self._height:
             out.append(f"\x1b[{self._height}F")  # to the start of the frame's first line

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from trovemeter.demo_view import LiveState, progress_line, render_frame
+from trovemeter.demo_view import LiveState, clip, progress_line, render_frame
 from trovemeter.model import (
     DeadLetter,
     MeterType,
@@ -137,3 +137,9 @@ def test_live_frame_renders_with_and_without_data() -> None:
     assert "novaclient.exceptions.Forbidden" in text and "\x1b[" in text
     assert "t1" in text and "50%" in text
     assert "published 5/10" in progress_line(state)
+
+
+def test_clip_counts_visible_characters_only() -> None:
+    assert clip("abcdef", 3) == "abc\x1b[0m"
+    assert clip("\x1b[32mabcdef\x1b[0m", 4) == "\x1b[32mabcd\x1b[0m"
+    assert clip("\x1b[32mab\x1b[0m", 10) == "\x1b[32mab\x1b[0m"
