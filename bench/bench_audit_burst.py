@@ -96,40 +96,42 @@ def build_inputs(instances: int, seed: int) -> dict[str, Any]:
         if scenario.expected.resources["instances_live_at_horizon"] >= instances:
             break
         planned = int(planned * 1.1) + 10
-    messages = list(scenario.messages())
-    # Pass 1: the live instances (the first N audited) and each request's instance.
+    # One pass (the bodies are rendered while iterating): keep only what may be needed, note
+    # the live instances (the first N audited) and which instance each request is about.
     live: dict[str, int] = {}
     request_instance: dict[bytes, bytes] = {}
-    for i, message in enumerate(messages):
+    candidates: list[tuple[Any, bytes | None]] = []  # (message, instance id if known)
+    closing = []
+    for message in scenario.messages():
         event_type = message.event_type
         if event_type == "trove.instance.exists":
             if len(live) < instances:
                 found = _INSTANCE_ID.search(message.body)
                 assert found, "an exists audit without instance_id"
-                live[found.group(1).decode()] = i
-        elif event_type in _BILLING_EVENTS and event_type.endswith(".end"):
-            found, request = _INSTANCE_ID.search(message.body), _REQUEST_ID.search(message.body)
-            if found and request:
-                request_instance[request.group(1)] = found.group(1)
-    live_ids = {k.encode() for k in live}
-    burst_index = set(live.values())
-    preload, burst, closing = [], [], []
-    for i, message in enumerate(messages):
-        event_type = message.event_type
-        if event_type == "trove.instance.exists":
-            if i in burst_index:
-                burst.append(message)
+                live[found.group(1).decode()] = len(candidates)
+                candidates.append((message, found.group(1)))
         elif event_type == "dbaas.quota":
             closing.append(message)
         elif event_type in _BILLING_EVENTS:
             found = _INSTANCE_ID.search(message.body)
             instance = found.group(1) if found else None
-            if instance is None:  # a create start: its instance is named by its end
+            if instance is not None and event_type.endswith(".end"):
                 request = _REQUEST_ID.search(message.body)
-                instance = request_instance.get(request.group(1)) if request else None
-            if instance in live_ids:
-                preload.append(message)
-    del messages
+                if request:
+                    request_instance[request.group(1)] = instance
+            candidates.append((message, instance))
+    live_ids = {k.encode() for k in live}
+    preload, burst = [], []
+    for message, instance in candidates:
+        if message.event_type == "trove.instance.exists":
+            burst.append(message)
+            continue
+        if instance is None:  # a create start: its instance is named by its end
+            request = _REQUEST_ID.search(message.body)
+            instance = request_instance.get(request.group(1)) if request else None
+        if instance in live_ids:
+            preload.append(message)
+    del candidates
     return {"config": config, "preload": preload, "burst": burst, "closing": closing,
             "live": set(live), "planned_instances": planned,
             "build_seconds": round(time.monotonic() - t, 1)}
