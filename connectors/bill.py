@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 
 from trovemeter import codec
 from trovemeter.model import UsageRecord
+from trovemeter.security import client_config
 from trovemeter.pricing import (
     InvoiceLine,
     Period,
@@ -47,9 +48,10 @@ class UsageConsumer(Protocol):
     def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> Any: ...
 
 
-def consumer_config(bootstrap: str, group_id: str) -> dict[str, Any]:
+def consumer_config(bootstrap: str | Mapping[str, Any], group_id: str) -> dict[str, Any]:
+    """``bootstrap``: servers, or ``settings.kafka_client_config()`` (with TLS/SASL)."""
     return {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group_id,
         "enable.auto.commit": False,  # committed by hand, after the invoice is written
         "auto.offset.reset": "earliest",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from trovemeter.security import client_config
 from trovemeter.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -16,10 +19,13 @@ class KafkaUnavailable(RuntimeError):
     pass
 
 
-def ensure_topics(bootstrap: str, specs: list[TopicSpec], replication: int = 1,
+def ensure_topics(bootstrap: str | Mapping[str, Any], specs: list[TopicSpec], replication: int = 1,
                   timeout: float = 30.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Idempotent."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create the topics that do not exist yet; return the names created. Idempotent.
+    ``bootstrap``: servers, or ``settings.kafka_client_config()`` (with TLS/SASL)."""
+    config = client_config(bootstrap)
+    bootstrap = config["bootstrap.servers"]
+    admin = AdminClient(config)
     try:
         existing = set(admin.list_topics(timeout=timeout).topics)
     except KafkaException as exc:

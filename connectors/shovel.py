@@ -101,7 +101,7 @@ class _Out:
 def producer_config(settings: ShovelSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """librdkafka settings of the shovel's producer; ``overrides`` (--kafka-config) win."""
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_client_config(),  # bootstrap.servers + TLS/SASL (trovemeter.security)
         "client.id": "trovemeter-shovel",
         "enable.idempotence": True,  # implies acks=all, max.in.flight <= 5, retries
         "acks": "all",
@@ -304,7 +304,7 @@ class Shovel:
 
     def _open_session(self) -> None:
         s = self.settings
-        params = pika.URLParameters(s.rabbit_url.get_secret_value())
+        params = s.rabbit_parameters()  # pika.SSLOptions for amqps:// (trovemeter.security)
         params.connection_attempts = 1
         params.socket_timeout = 5
         # Shown by `rabbitmqctl list_connections client_properties` and the management UI.

@@ -86,10 +86,12 @@ class PublishReport:
         return self.published / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def publish(messages: Iterable[WireMessage], url: str, exchanges: Sequence[str], *,
+def publish(messages: Iterable[WireMessage], url: str | pika.ConnectionParameters,
+            exchanges: Sequence[str], *,
             pacing: Pacing = Pacing(), confirm: bool = False,
             progress_interval_s: float = 5.0) -> PublishReport:
-    """Declare ``exchanges``, publish every message, return the counts.
+    """Declare ``exchanges``, publish every message, return the counts. ``url``: an AMQP URL or
+    connection parameters (``settings.rabbit_parameters()``, TLS for amqps://).
 
     Raises ``pika.exceptions.AMQPConnectionError`` when RabbitMQ cannot be reached,
     ``SimulatorConfigError`` when it refuses the exchange declaration, and
@@ -99,8 +101,9 @@ def publish(messages: Iterable[WireMessage], url: str, exchanges: Sequence[str],
 
 
 class _Publisher:
-    def __init__(self, messages: Iterable[WireMessage], url: str, exchanges: Sequence[str],
-                 pacing: Pacing, confirm: bool, progress_interval_s: float) -> None:
+    def __init__(self, messages: Iterable[WireMessage], url: str | pika.ConnectionParameters,
+                 exchanges: Sequence[str], pacing: Pacing, confirm: bool,
+                 progress_interval_s: float) -> None:
         self._messages: Iterator[WireMessage] = iter(messages)
         self._exchanges = list(dict.fromkeys(exchanges))
         self._pacing = pacing
@@ -122,7 +125,7 @@ class _Publisher:
         self._started = 0.0
         self._last_progress = 0.0
         self._connection = pika.SelectConnection(
-            pika.URLParameters(url),
+            pika.URLParameters(url) if isinstance(url, str) else url,
             on_open_callback=self._on_connection_open,
             on_open_error_callback=self._on_connection_open_error,
             on_close_callback=self._on_connection_closed,

@@ -29,6 +29,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from trovemeter.security import client_config
+
 Offsets = dict[tuple[str, int], int]
 
 
@@ -40,9 +42,11 @@ class KafkaUnreachable(RuntimeError):
     """The bootstrap servers did not answer."""
 
 
-def _consumer(bootstrap: str, extra: Mapping[str, Any] | None = None) -> Consumer:
+def _consumer(bootstrap: str | Mapping[str, Any], extra: Mapping[str, Any] | None = None
+              ) -> Consumer:
+    """``bootstrap``: servers, or ``settings.kafka_client_config()`` (with TLS/SASL)."""
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         # librdkafka wants a group id even for assign(); this one is never joined or committed.
         "group.id": f"trovemeter-reader-{uuid.uuid4().hex[:12]}",
         "enable.auto.commit": False,
@@ -74,7 +78,7 @@ def partitions_of(consumer: Consumer, topics: Iterable[str], timeout: float = 10
     return found
 
 
-def end_offsets(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) -> Offsets:
+def end_offsets(bootstrap: str | Mapping[str, Any], topics: Iterable[str], timeout: float = 10.0) -> Offsets:
     """High watermark of every partition of ``topics``: where "only new records" starts."""
     consumer = _consumer(bootstrap)
     try:
@@ -90,7 +94,7 @@ def end_offsets(bootstrap: str, topics: Iterable[str], timeout: float = 10.0) ->
         consumer.close()
 
 
-def commit_group_offsets(bootstrap: str, group_id: str, offsets: Offsets) -> None:
+def commit_group_offsets(bootstrap: str | Mapping[str, Any], group_id: str, offsets: Offsets) -> None:
     """Commit ``offsets`` for ``group_id`` (a group with no active member): its next consumer
     starts exactly there."""
     consumer = _consumer(bootstrap, {"group.id": group_id})
@@ -109,7 +113,7 @@ class TopicReader:
     beginning).
     """
 
-    def __init__(self, bootstrap: str, topics: Iterable[str], *, start: str | Offsets = "beginning",
+    def __init__(self, bootstrap: str | Mapping[str, Any], topics: Iterable[str], *, start: str | Offsets = "beginning",
                  since_ms: int | None = None, timeout: float = 10.0) -> None:
         self.topics = list(dict.fromkeys(topics))
         self._consumer = _consumer(bootstrap)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faust
 
+from trovemeter.security import faust_credentials
 from trovemeter.settings import WorkerSettings
 
 settings = WorkerSettings()
@@ -11,6 +12,7 @@ settings = WorkerSettings()
 app = faust.App(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
+    broker_credentials=faust_credentials(settings),  # TLS/SASL (docs/security.md); None: plaintext
     store=settings.store,
     datadir=settings.data_dir,
     topic_partitions=settings.topic_partitions,

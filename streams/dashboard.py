@@ -41,7 +41,7 @@ _CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css":
 class DashboardFeed:
     """Background consumer of the output topics into a ``PipelineTally`` (thread-safe reads)."""
 
-    def __init__(self, bootstrap: str, since_ms: int) -> None:
+    def __init__(self, bootstrap: Any, since_ms: int) -> None:
         self.bootstrap = bootstrap
         self.since_ms = since_ms
         self._lock = threading.Lock()
@@ -108,7 +108,7 @@ class DashboardFeed:
         return snap
 
 
-feed = DashboardFeed(settings.kafka_bootstrap, _STARTED_MS)
+feed = DashboardFeed(settings.kafka_client_config(), _STARTED_MS)
 
 
 def _iso_ms(ms: int) -> str:

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         stopping = True
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap, settings.bill_group_id))
+    consumer = Consumer(consumer_config(settings.kafka_client_config(), settings.bill_group_id))
     try:
         result = bill(consumer, args.topic, sheet, args.output, args.format, args.period,
                       args.until_idle, should_stop=lambda: stopping)

@@ -283,7 +283,7 @@ class OutputWatcher:
     """Reads this run's records from the watched topics (from the offsets at demo start) into
     a ``PipelineTally``; counts this run's message ids in trove.notifications."""
 
-    def __init__(self, bootstrap: str, start: Mapping[tuple[str, int], int], ledger: RunLedger,
+    def __init__(self, bootstrap: Any, start: Mapping[tuple[str, int], int], ledger: RunLedger,
                  serde: Any) -> None:
         from connectors.topic_reader import TopicReader
         from trovemeter.pipeline_tally import PipelineTally
@@ -335,10 +335,12 @@ class OutputWatcher:
 class GroupLag:
     """Records of trove.notifications the worker's consumer group has not committed yet."""
 
-    def __init__(self, bootstrap: str, group_id: str) -> None:
+    def __init__(self, bootstrap: Any, group_id: str) -> None:
         from confluent_kafka import Consumer
 
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id,
+        from trovemeter.security import client_config
+
+        self._consumer = Consumer({**client_config(bootstrap), "group.id": group_id,
                                    "enable.auto.commit": False, "log_level": 0})
         self._partitions: list[Any] | None = None
 
@@ -363,14 +365,16 @@ class GroupLag:
         self._consumer.close()
 
 
-def delete_old_demo_state(bootstrap: str, keep: str, data_dir: Path) -> list[str]:
+def delete_old_demo_state(bootstrap: Any, keep: str, data_dir: Path) -> list[str]:
     """Internal topics and consumer groups of earlier demo workers (their worker is stopped):
     without this every run would leave its changelog and repartition topics behind."""
     import shutil
 
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    from trovemeter.security import client_config
+
+    admin = AdminClient({**client_config(bootstrap), "log_level": 0})
     doomed = [t for t in admin.list_topics(timeout=10).topics
               if t.startswith(DEMO_APP_PREFIX) and not t.startswith(keep)]
     if doomed:
@@ -391,13 +395,14 @@ def delete_old_demo_state(bootstrap: str, keep: str, data_dir: Path) -> list[str
     return doomed
 
 
-def delete_queue(url: str, queue: str) -> None:
+def delete_queue(url: Any, queue: str) -> None:
     """Empty the demo's queue: messages left from an interrupted run are not this run's."""
     import pika
     import pika.exceptions
 
     try:
-        connection = pika.BlockingConnection(pika.URLParameters(url))
+        connection = pika.BlockingConnection(
+            pika.URLParameters(url) if isinstance(url, str) else url)
     except pika.exceptions.AMQPError as exc:
         raise StartupFailed(f"RabbitMQ is not reachable ({exc!r}); is the stack up? "
                             "(make up)") from exc
@@ -606,12 +611,13 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
         from connectors.kafka_admin import KafkaUnavailable, ensure_topics
         from connectors.topic_reader import commit_group_offsets, end_offsets
 
-        ensure_topics(settings.kafka_bootstrap, topics.topic_specs())
-        delete_queue(settings.rabbit_url.get_secret_value(), args.queue)
-        start_offsets = end_offsets(settings.kafka_bootstrap, WATCHED_TOPICS)
-        commit_group_offsets(settings.kafka_bootstrap, app_id, start_offsets)
+        kafka = settings.kafka_client_config()  # bootstrap + TLS/SASL (trovemeter.security)
+        ensure_topics(kafka, topics.topic_specs())
+        delete_queue(settings.rabbit_parameters(), args.queue)
+        start_offsets = end_offsets(kafka, WATCHED_TOPICS)
+        commit_group_offsets(kafka, app_id, start_offsets)
         if args.app_id is None:
-            delete_old_demo_state(settings.kafka_bootstrap, app_id, ROOT / ".stack" / "faust")
+            delete_old_demo_state(kafka, app_id, ROOT / ".stack" / "faust")
     except (KafkaUnavailable, StartupFailed, Exception) as exc:  # noqa: BLE001
         print(f"trovemeter demo: cannot prepare Kafka/RabbitMQ at {settings.kafka_bootstrap} / "
               f"{settings.rabbit_url_masked}: {exc}\n  is the stack up? (make up)",
@@ -661,8 +667,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
     from trovemeter.demo_view import LiveState, Screen, progress_line, render_frame
 
     serde = serde_for(settings)
-    watcher = OutputWatcher(settings.kafka_bootstrap, start_offsets, ledger, serde)
-    lag = GroupLag(settings.kafka_bootstrap, app_id)
+    watcher = OutputWatcher(settings.kafka_client_config(), start_offsets, ledger, serde)
+    lag = GroupLag(settings.kafka_client_config(), app_id)
     usage_present = usage_stage_present()
     state = LiveState(run_id=run_id, seed=seed, tenants=config.tenants,
                       instances=config.instances, hours=config.hours, speed=speed,

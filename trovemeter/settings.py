@@ -6,9 +6,9 @@ constructor (pydantic-settings gives init arguments the highest priority).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trovemeter.redaction import mask_url_password
@@ -25,7 +25,9 @@ def _split_commas(value: object) -> object:
 class CommonSettings(BaseSettings):
     """Settings every trovemeter process shares."""
 
-    model_config = SettingsConfigDict(env_prefix="TROVEMETER_", frozen=True, extra="ignore")
+    # hide_input_in_errors: a validation error must not echo the input (URL and SASL passwords).
+    model_config = SettingsConfigDict(env_prefix="TROVEMETER_", frozen=True, extra="ignore",
+                                      hide_input_in_errors=True)
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
     rabbit_url: SecretStr = Field(
@@ -43,10 +45,48 @@ class CommonSettings(BaseSettings):
     event_mapping: str | None = Field(
         None, description="YAML file of event definitions layered over the built-in mapping"
     )
+    # Kafka and RabbitMQ security (docs/security.md); trovemeter.security applies them.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol of every Kafka client"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = Field(None, description="CA bundle (PEM) for the brokers")
+    kafka_ssl_certificate_location: str | None = Field(None, description="client certificate (PEM)")
+    kafka_ssl_key_location: str | None = Field(None, description="client private key (PEM)")
+    kafka_ssl_key_password: SecretStr | None = None
+    rabbit_ssl_ca_location: str | None = Field(None, description="CA bundle for amqps:// URLs")
+    rabbit_ssl_certificate_location: str | None = None
+    rabbit_ssl_key_location: str | None = None
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> CommonSettings:
+        from trovemeter.security import validate
+
+        validate(self)
+        return self
 
     @property
     def rabbit_url_masked(self) -> str:
         return mask_url_password(self.rabbit_url.get_secret_value())
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """librdkafka ``bootstrap.servers`` + security keys: the base of every Kafka client."""
+        from trovemeter.security import kafka_client_config
+
+        return kafka_client_config(self)
+
+    def rabbit_parameters(self, url: str | None = None) -> Any:
+        """pika connection parameters (TLS options for amqps://)."""
+        from trovemeter.security import rabbit_parameters
+
+        return rabbit_parameters(self, url)
 
 
 class ShovelSettings(CommonSettings):

@@ -17,7 +17,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trovemeter.simulation import ExpectedTotals, Scenario, ScenarioConfig, build_scenario
 
@@ -146,11 +146,10 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(statistics(scenario))
         return 0
-    return _publish(scenario, args, settings.rabbit_url.get_secret_value(),
-                    settings.rabbit_url_masked)
+    return _publish(scenario, args, settings.rabbit_parameters(), settings.rabbit_url_masked)
 
 
-def _publish(scenario: Scenario, args: argparse.Namespace, url: str, url_masked: str) -> int:
+def _publish(scenario: Scenario, args: argparse.Namespace, url: Any, url_masked: str) -> int:
     import pika.exceptions
 
     from connectors.simulator import Pacing, SimulatorConfigError, publish

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit <= 0:
         return 0
     try:
-        reader = TopicReader(settings.kafka_bootstrap, args.topic, start=start)
+        reader = TopicReader(settings.kafka_client_config(), args.topic, start=start)
     except TopicMissing as exc:
         print(f"trovemeter tail: topic {exc.args[0]} does not exist (trovemeter's topics: "
               f"{', '.join(s.name for s in topics.topic_specs())}; create them with "

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     settings = CommonSettings(**overrides)
     specs = topic_specs(args.partitions)
     try:
-        created = ensure_topics(settings.kafka_bootstrap, specs, replication=args.replication)
+        created = ensure_topics(settings.kafka_client_config(), specs, replication=args.replication)
     except KafkaUnavailable as exc:
         print(f"trovemeter topics: {exc}")
         return 1
