@@ -5,6 +5,7 @@
     .venv/bin/python -m bench --only shovel   # one benchmark (repeatable)
     .venv/bin/python -m bench --list          # the benchmarks and their arguments
     .venv/bin/python -m bench --render        # print the table of bench/results/latest.json
+    .venv/bin/python -m bench --render --docs # ... and write it into docs/benchmarks.md
 
 Each benchmark module's ``main(argv)`` runs in its own process (a crash or a hang costs one
 row, not the table), one after the other: they share two cores and the brokers, so running them
@@ -403,6 +404,11 @@ def write_docs_table(report: dict[str, Any]) -> bool:
             f"{m.get('memory_gb', '?')} GB, shared; load average {report['load_average_start']} "
             f"at the start, {report['load_average_end']} at the end.\n\n"
             + markdown_table(report["rows"]))
+    notes = [f"- {r['benchmark']} / {r['figure']}: {r['note']}" for r in report["rows"]
+             if r.get("note")]
+    if notes:
+        body += "\n\nNotes (N, rounds, CPU per message in µs: process / RabbitMQ / Kafka):\n\n" \
+            + "\n".join(notes)
     DOCS.write_text(f"{head}{TABLE_BEGIN}\n{body}\n{TABLE_END}{tail}")
     return True
 
@@ -423,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true",
                         help="print the table of bench/results/latest.json and exit")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--docs", action="store_true",
+                        help="with --render: rewrite the table in docs/benchmarks.md")
     parser.add_argument("--output", type=Path, help="write the JSON here (default: "
                         "bench/results/latest.json for a full run, .stack/run/ otherwise)")
     args = parser.parse_args(argv)
@@ -435,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         report = json.loads(LATEST.read_text())
         print(markdown_table(report["rows"]) if args.markdown else format_table(report["rows"]))
+        if args.docs:
+            print(f"docs table {'written' if write_docs_table(report) else 'NOT written'}: {DOCS}")
         return 0
 
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]

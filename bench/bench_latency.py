@@ -582,8 +582,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      "< 50 ms" if r == 1000 else None) for r in rates]}
 
     if not worker_available("trove.operations"):
-        return not_run("the worker has no pairing agent yet (nothing under streams/ writes "
-                       "trove.operations)")
+        return not_run("the worker has no pairing agent yet (nothing under streams/ uses "
+                       "trovemeter.pairing)")
     from trovemeter.simulation import DEFAULT_START
 
     phases: list[dict[str, Any]] = []
