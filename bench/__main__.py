@@ -135,7 +135,7 @@ BENCHMARKS: list[Bench] = [
           [("latency", "p99 publish->trove.operations at 1,000 msg/s", "< 50 ms"),
            ("latency", "p99 publish->trove.operations at 5,000 msg/s", None)]),
     Bench("audit_burst", "bench.bench_audit_burst", ["--instances", "100000"],
-          ["--instances", "5000"], 480,
+          ["--instances", "5000"], 600,
           [("audit burst", "100k trove.instance.exists -> trove.usage", "<= 20 s")]),
     Bench("memory", "bench.bench_memory", ["--messages", "100000", "--instances", "100000"],
           ["--messages", "10000", "--instances", "5000"], 480,
@@ -181,13 +181,18 @@ def _module_argv(bench: Bench, quick: bool) -> list[str]:
     return bench.quick if quick else bench.full
 
 
-def run_bench(bench: Bench, quick: bool, extra_env: dict[str, str]) -> dict[str, Any]:
-    """Run one benchmark in a subprocess; returns {status, reason, seconds, result, argv}."""
+def run_bench(bench: Bench, quick: bool, extra_env: dict[str, str],
+              remaining: float = float("inf")) -> dict[str, Any]:
+    """Run one benchmark in a subprocess; returns {status, reason, seconds, result, argv}.
+    ``remaining``: seconds left of the whole run's budget (caps the benchmark's own limit)."""
     if importlib.util.find_spec(bench.module) is None or not bench.path.exists():
         return {"status": "not run", "reason": f"{bench.path.relative_to(ROOT)} is not written yet",
                 "seconds": 0.0}
+    if remaining < 30:
+        return {"status": "not run", "reason": "the run's time budget was used up",
+                "seconds": 0.0}
     argv = _module_argv(bench, quick)
-    timeout = max(120.0, bench.timeout / 3) if quick else bench.timeout
+    timeout = min(max(120.0, bench.timeout / 3) if quick else bench.timeout, remaining)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     out_path = RUN_DIR / f"bench-{bench.name}-{os.getpid()}.json"
     out_path.unlink(missing_ok=True)
@@ -431,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     parser.add_argument("--docs", action="store_true",
                         help="with --render: rewrite the table in docs/benchmarks.md")
+    parser.add_argument("--budget", type=float, default=14 * 60,
+                        help="seconds for the whole run (default 840: `make bench` stays under "
+                        "15 minutes); each benchmark's limit is capped by what is left")
     parser.add_argument("--output", type=Path, help="write the JSON here (default: "
                         "bench/results/latest.json for a full run, .stack/run/ otherwise)")
     args = parser.parse_args(argv)
@@ -461,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # Benchmarks of one run may share work (bench_memory reads the worker RSS that
             # bench_audit_burst measured with the same 100k instances) through this id.
-            outcome = run_bench(bench, args.quick, {"TROVEMETER_BENCH_RUN_ID": run_id})
+            outcome = run_bench(bench, args.quick, {"TROVEMETER_BENCH_RUN_ID": run_id},
+                                remaining=args.budget - (time.monotonic() - started))
         outcomes[bench.name] = outcome
         rows.extend(rows_of(bench, outcome))
         print(f"=== {bench.name}: {outcome['status']}"
