@@ -125,7 +125,7 @@ BENCHMARKS: list[Bench] = [
           ["--messages", "10000", "--rounds", "1"], 600,
           [("shovel", "RabbitMQ->Kafka msgs/s (ack after confirm, Avro)",
             ">= 20,000/s and >= 0.7x bare")], _shovel_rows),
-    Bench("benthos", "bench.bench_benthos", ["--messages", "100000", "--rounds", "2"],
+    Bench("benthos", "bench.bench_benthos", ["--messages", "100000", "--rounds", "3"],
           ["--messages", "10000", "--rounds", "1"], 900,
           [("shovel", "msgs/s (rounds with Benthos)", ">= 1.0x Benthos")]),
     Bench("pairing", "bench.bench_pairing", [], [], 480,

@@ -1,7 +1,7 @@
 """Throughput of Benthos v4 (``amqp_0_9`` input -> ``kafka_franz`` output, RabbitMQ acked after
 Kafka confirmed) beside the bare Python loop and `trovemeter shovel`, all in the same rounds.
 
-    .venv/bin/python -m bench.bench_benthos [--messages 100000] [--rounds 2] [--prefetch 2000]
+    .venv/bin/python -m bench.bench_benthos [--messages 100000] [--rounds 3] [--prefetch 2000]
 
 Each round publishes N messages of the fixtures' mix (``bench_shovel.make_messages``: the real
 v1/v2 bodies, ~1.5 KB, fresh message ids) once to a bench exchange bound to three durable queues,
@@ -286,7 +286,7 @@ def run_round(args: argparse.Namespace, round_no: int, order: tuple[str, ...],
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench_benthos", description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000, help="per round and contender")
-    parser.add_argument("--rounds", type=int, default=2,
+    parser.add_argument("--rounds", type=int, default=3,
                         help="rounds; the contenders' order rotates from round to round")
     parser.add_argument("--prefetch", type=int, default=2000)
     parser.add_argument("--benthos-output", choices=("kafka_franz", "kafka"),
