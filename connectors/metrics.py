@@ -80,9 +80,17 @@ class ShovelStats:
         # event_type -> count of notifications the mapping did not know (the normaliser's
         # bounded Counter; forwarded as resource_type "unknown", not dead-lettered)
         self.unmapped: Mapping[str, int] = {}
+        # librdkafka error name -> failed delivery reports (_MSG_TIMED_OUT, MSG_SIZE_TOO_LARGE,
+        # KAFKA_STORAGE_ERROR, UNKNOWN_TOPIC_OR_PART, ...): why deliveries fail, not only how often
+        self.delivery_errors: dict[str, int] = {}
+        # output topic -> 1 while Kafka says it does not exist (checked while deliveries fail)
+        self.topics_missing: dict[str, int] = {}
 
     def count_dead_letter(self, reason: str) -> None:
         self.dead_lettered[reason] = self.dead_lettered.get(reason, 0) + 1
+
+    def count_delivery_error(self, code: str) -> None:
+        self.delivery_errors[code] = self.delivery_errors.get(code, 0) + 1
 
 
 class ShovelCollector(Collector):
@@ -106,6 +114,18 @@ class ShovelCollector(Collector):
         yield counter("acked", "Deliveries acked to RabbitMQ (after Kafka confirmed them)", s.acked)
         yield counter("delivery_failures", "Failed Kafka delivery reports (re-produced, never acked)",
                       s.delivery_failures)
+        errors = CounterMetricFamily(f"{PREFIX}_delivery_errors",
+                                     "Failed Kafka delivery reports by librdkafka error name",
+                                     labels=["code"])
+        for code, n in sorted(dict(s.delivery_errors).items()):
+            errors.add_metric([code], n)
+        yield errors
+        missing = GaugeMetricFamily(f"{PREFIX}_kafka_topic_missing",
+                                    "1 while Kafka reports the output topic missing",
+                                    labels=["topic"])
+        for topic, flag in sorted(dict(s.topics_missing).items()):
+            missing.add_metric([topic], flag)
+        yield missing
         yield counter("reconnects", "RabbitMQ sessions re-established after a loss", s.reconnects)
         yield counter("kafka_outages", "Periods of failing or stalled Kafka deliveries",
                       s.kafka_outages)

@@ -96,6 +96,9 @@ class _Out:
     window: AckWindow
     reason: str | None  # dead letters: the reject reason (metric label); None for notifications
     delivery: Any  # (body, exchange, routing_key, properties, redelivered) of the AMQP delivery
+    # A dead letter already without its body: if Kafka refuses even that as too large, nothing
+    # is left to shrink, so it is retried with backoff like any failed delivery.
+    final: bool = False
 
 
 def producer_config(settings: ShovelSettings, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -148,6 +151,8 @@ class Shovel:
         self.serde = serde or serde_for(settings)
         self.normaliser = normaliser or Normaliser.from_settings(settings)
         self.stats.unmapped = self.normaliser.unknown_counts
+        self.stats.topics_missing = {topic: 0, dlq_topic: 0}
+        self._next_topic_check = 0.0
         self._producer_overrides = producer_overrides
         self.stop_timeout = stop_timeout
         self.stall_after = stall_after
@@ -527,7 +532,7 @@ class Shovel:
             headers.append((HEADER_MESSAGE_ID, found.group(1)))
         self._log_dead_letter(reason, detail, method, len(body))
         self._produce(_Out(self.dlq_topic, None, value, headers, tag, window, reason.value,
-                           (body, method, properties)))
+                           (body, method, properties), final=max_body == 0))
 
     def _produce(self, out: _Out, attempt: int = 0) -> None:
         """Hand ``out`` to librdkafka; its delivery report confirms the tag or schedules a retry."""
@@ -559,10 +564,14 @@ class Shovel:
                 producer.poll(0.1)
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() in _TOO_LARGE:
+                if error.code() in _TOO_LARGE and not out.final:
                     self._too_large(out, error)
-                    return
-                raise
+                else:
+                    # Not enqueued (unknown topic, a fatal producer state, ...): a failed
+                    # delivery like any other: logged, counted, retried, never acked. Raising
+                    # here would crash the shovel into a restart loop.
+                    self._delivery_failed(out, error, attempt)
+                return
 
     def _too_large(self, out: _Out, error: KafkaError) -> None:
         """Kafka will never take this record: a notification becomes a dead letter; a dead
@@ -584,13 +593,18 @@ class Shovel:
     def _delivery_failed(self, out: _Out, err: KafkaError, attempt: int) -> None:
         """Never ack: retry with backoff (or dead-letter what Kafka can never take)."""
         self.stats.delivery_failures += 1
-        self._last_delivery_ok = False
-        if self._kafka_failing_since is None:
-            self._kafka_outage(f"delivery failed: {err.str()}", code=err.name())
-        self._kafka_failures_in_outage += 1
+        self.stats.count_delivery_error(err.name())
+        # A record too large for Kafka becomes a (smaller) dead letter at once: not an outage.
+        # Anything else (timeouts, a missing topic, a broker that cannot write) is one.
+        shrink = err.code() in _TOO_LARGE and not out.final
+        if not shrink:
+            self._last_delivery_ok = False
+            if self._kafka_failing_since is None:
+                self._kafka_outage(f"delivery failed: {err.str()}", code=err.name())
+            self._kafka_failures_in_outage += 1
         if out.window is not self._window:
             return  # a delivery of a channel that is gone: RabbitMQ redelivers it
-        if err.code() in _TOO_LARGE:
+        if shrink:
             due, attempt = time.monotonic(), -1
         else:
             due = time.monotonic() + min(30.0, 0.5 * 2 ** min(attempt, 6))
@@ -640,9 +654,38 @@ class Shovel:
         self._all_brokers_down = False
         self._last_delivery_ok = True
         self.stats.kafka_ok = True
+        self._next_topic_check = 0.0
         log.info("kafka.delivery_recovered", extra={
             "outage_seconds": round(time.monotonic() - since, 1) if since else None,
             "failed_reports": self._kafka_failures_in_outage})
+        missing = self.stats.topics_missing
+        if any(missing.values()):
+            log.info("kafka.topic_available",
+                     extra={"topics": sorted(t for t, m in missing.items() if m)})
+            self.stats.topics_missing = dict.fromkeys(missing, 0)
+
+    def _check_topics(self) -> None:
+        """While deliveries fail, look (every 30 s) whether a topic is the cause: one deleted
+        while the shovel runs makes librdkafka time records out without saying why."""
+        now = time.monotonic()
+        if now < self._next_topic_check or self._producer is None:
+            return
+        self._next_topic_check = now + 30.0
+        try:
+            metadata = self._producer.list_topics(timeout=2)
+        except Exception:  # noqa: BLE001 - a diagnosis only; it must never break the loop
+            return  # Kafka itself does not answer: kafka.delivery_failing already says so
+        known = metadata.topics
+        missing = {t: int(t not in known or (known[t].error is not None and known[t].error.code()
+                                              == KafkaError.UNKNOWN_TOPIC_OR_PART))
+                   for t in self.stats.topics_missing}
+        newly = sorted(t for t, m in missing.items() if m and not self.stats.topics_missing[t])
+        self.stats.topics_missing = missing
+        if newly:
+            log.error("kafka.topic_missing", extra={
+                "topics": newly, "bootstrap": self.settings.kafka_bootstrap,
+                "action": "records for it are retried and their deliveries stay unacked in "
+                          "RabbitMQ until the topic exists again: create it (trovemeter topics)"})
 
     def _watch_kafka(self) -> None:
         """No delivery report for ``stall_after`` seconds while records wait: an outage too
@@ -655,6 +698,8 @@ class Shovel:
             return
         if self._kafka_failing_since is None and now - self._last_report_at > self.stall_after:
             self._kafka_outage(f"no delivery report for {self.stall_after:.0f}s", code="STALLED")
+        if self._kafka_failing_since is not None:
+            self._check_topics()
 
     def health(self) -> dict[str, Any]:
         stats = self.stats
@@ -668,6 +713,7 @@ class Shovel:
             "in_flight": stats.in_flight,
             "queue": self.settings.queue,
             "parse_workers": self._pool.workers if self._pool is not None else 0,
+            "kafka_topics_missing": sorted(t for t, m in stats.topics_missing.items() if m),
             "stopping": self._stopping,
         }
 
