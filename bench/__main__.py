@@ -371,6 +371,24 @@ def machine() -> dict[str, Any]:
     return info
 
 
+def cpu_busy(seconds: float = 1.0) -> float | None:
+    """Share of the machine's CPU (all cores) busy over ``seconds``, from /proc/stat: what other
+    work takes while nothing of this run is running (steal counts as busy)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return idle, sum(fields[:8])
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return round(1 - (idle1 - idle0) / total, 2) if total > 0 else None
+
+
 def stack_problem() -> str | None:
     """Why the brokers cannot be used, or None."""
     import socket
@@ -393,6 +411,13 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def busy_line(report: dict[str, Any]) -> str:
+    """'CPU busy with other work before each benchmark: codec 48%, shovel 50%, ...'"""
+    parts = [f"{name} {o['cpu_busy_before']:.0%}" for name, o in report["benchmarks"].items()
+             if o.get("cpu_busy_before") is not None]
+    return "CPU busy with other work before each benchmark: " + (", ".join(parts) or "?")
+
+
 def write_docs_table(report: dict[str, Any]) -> bool:
     """Replace the table between the markers in docs/benchmarks.md; False if no markers."""
     try:
@@ -407,7 +432,7 @@ def write_docs_table(report: dict[str, Any]) -> bool:
     body = (f"Run of {report['started_at']} at commit {report.get('git_commit')}, "
             f"{report['seconds']:.0f} s in all; {m.get('cores')} cores ({m.get('cpu', '?')}), "
             f"{m.get('memory_gb', '?')} GB, shared; load average {report['load_average_start']} "
-            f"at the start, {report['load_average_end']} at the end.\n\n"
+            f"at the start, {report['load_average_end']} at the end; {busy_line(report)}.\n\n"
             + markdown_table(report["rows"]))
     notes = [f"- {r['benchmark']} / {r['figure']}: {r['note']}" for r in report["rows"]
              if r.get("note")]
@@ -464,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for bench in chosen:
+        busy = cpu_busy()
         if problem and bench.name != "codec":
             outcome = {"status": "not run", "reason": problem, "seconds": 0.0}
         else:
@@ -471,11 +497,13 @@ def main(argv: list[str] | None = None) -> int:
             # bench_audit_burst measured with the same 100k instances) through this id.
             outcome = run_bench(bench, args.quick, {"TROVEMETER_BENCH_RUN_ID": run_id},
                                 remaining=args.budget - (time.monotonic() - started))
+        outcome["cpu_busy_before"] = busy
         outcomes[bench.name] = outcome
         rows.extend(rows_of(bench, outcome))
         print(f"=== {bench.name}: {outcome['status']}"
               f"{': ' + outcome['reason'] if outcome.get('reason') else ''} "
-              f"({outcome['seconds']:.0f}s)", file=sys.stderr, flush=True)
+              f"({outcome['seconds']:.0f}s; CPU busy with other work before it: "
+              f"{'?' if busy is None else f'{busy:.0%}'})", file=sys.stderr, flush=True)
     if not args.only:
         present = {r["benchmark"] for r in rows}
         for name in REQUIRED:
@@ -502,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\ntrovemeter benchmarks ({'quick' if args.quick else 'full'} run, "
           f"{report['seconds']:.0f}s, load average {load_start} -> {report['load_average_end']}, "
-          f"{report['machine'].get('cores')} cores):\n")
+          f"{report['machine'].get('cores')} cores; {busy_line(report)}):\n")
     print(markdown_table(rows) if args.markdown else format_table(rows))
     print(f"\nwritten: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}"
           + (f", table in {DOCS.relative_to(ROOT)}" if docs else ""))
