@@ -148,11 +148,18 @@ def _loads(data: bytes | str, what: str, reason: RejectReason) -> Any:
 
 def _unwrap_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
     version = envelope.get("oslo.version")
+    # Shown in the detail: a short string as is; an array or object only by its kind (its repr
+    # could be huge, or nest too deep to print).
+    if "oslo.version" not in envelope:
+        shown = "missing"
+    elif isinstance(version, str):
+        shown = repr(version[:64])
+    else:
+        shown = f"a JSON {_json_kind(version)}"
     if "oslo.message" not in envelope:
         raise BadNotification(RejectReason.ENVELOPE_WITHOUT_MESSAGE,
-                              f"envelope (oslo.version {version!r}) has no oslo.message")
-    if version not in SUPPORTED_OSLO_VERSIONS:
-        shown = "missing" if "oslo.version" not in envelope else repr(version)
+                              f"envelope (oslo.version {shown}) has no oslo.message")
+    if not isinstance(version, str) or version not in SUPPORTED_OSLO_VERSIONS:  # [] is unhashable
         raise BadNotification(RejectReason.UNSUPPORTED_VERSION,
                               f"oslo.version {shown} is not supported "
                               f"(supported: {', '.join(sorted(SUPPORTED_OSLO_VERSIONS))})")
@@ -177,6 +184,9 @@ def _validate(message: dict[str, Any]) -> OsloMessage:
                                   f"{key} is a JSON {_json_kind(message[key])}, not a string")
     if not message["event_type"]:
         raise BadNotification(RejectReason.WRONG_TYPE, "event_type is empty")
+    if not message["message_id"].strip():
+        # Consumers drop repeats by message_id: every empty id would count as one notification.
+        raise BadNotification(RejectReason.WRONG_TYPE, "message_id is empty")
     payload = message["payload"]
     if not isinstance(payload, dict):
         raise BadNotification(RejectReason.WRONG_TYPE,
