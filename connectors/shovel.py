@@ -25,6 +25,7 @@ encodes (single-object Avro, or Confluent's wire format with a Schema Registry).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -46,7 +47,7 @@ from trovemeter import topics
 from trovemeter.codec import RecordSerde, serde_for
 from trovemeter.model import AmqpProperties, DeadLetter, RejectReason
 from trovemeter.normalise import Normaliser
-from trovemeter.redaction import mask_url_password
+from trovemeter.redaction import MASK, is_secret_key, mask_url_password, scrub_raw
 from trovemeter.settings import ShovelSettings
 
 log = logging.getLogger("trovemeter.shovel")
@@ -801,10 +802,28 @@ class _Backoff:
 
 def _amqp_properties(properties: Any) -> AmqpProperties:
     try:
-        return AmqpProperties.from_object(properties)
+        props = AmqpProperties.from_object(properties)
     except Exception:  # noqa: BLE001 - odd header values: keep the rest
-        return AmqpProperties(content_type=getattr(properties, "content_type", None),
-                              content_encoding=getattr(properties, "content_encoding", None))
+        props = AmqpProperties(content_type=getattr(properties, "content_type", None),
+                               content_encoding=getattr(properties, "content_encoding", None))
+    return _redacted_properties(props)
+
+
+def _redacted_properties(props: AmqpProperties) -> AmqpProperties:
+    """The dead letter keeps the AMQP properties: a header named like a secret (``x-auth-token``)
+    is masked, and so are secrets inside header values (nested tables) and URL passwords in
+    any text property."""
+    headers = {}
+    for key, value in props.headers.items():
+        if is_secret_key(key):
+            headers[key] = MASK
+        else:
+            headers[key] = scrub_raw(value.encode("utf-8", "surrogatepass")).decode(
+                "utf-8", "surrogatepass")
+    texts = {name: mask_url_password(value) for name in (
+        "correlation_id", "reply_to", "message_id", "type", "user_id", "app_id", "cluster_id")
+        if isinstance(value := getattr(props, name), str)}
+    return dataclasses.replace(props, headers=headers, **texts)
 
 
 def _describe(exc: BaseException) -> str:
