@@ -21,6 +21,8 @@ app = faust.App(
     # group_by and tables hangs in recovery (faust-pitfalls.md, #47).
     processing_guarantee="at_least_once",
     web_host=settings.web_host,
+    # web_host only names the server in URLs; Faust binds 0.0.0.0 unless told (docs/security.md)
+    web_bind=settings.web_host,
     web_port=settings.web_port,
     autodiscover=False,
     origin="streams",

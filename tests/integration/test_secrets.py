@@ -175,6 +175,25 @@ def planted_bodies(token: str, url_password: str) -> tuple[list[tuple[str, bytes
     return bodies, ids
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port`` (/proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, _, port_hex = local.partition(":")
+            if state == "0A" and int(port_hex, 16) == port:
+                if len(address) == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add("::" if set(address) == {"0"} else address)
+    return found
+
+
 def _decompressed(body: bytes) -> bytes:
     for opener in (gzip.decompress, bz2.decompress):
         try:
@@ -240,6 +259,9 @@ def test_planted_secrets_appear_in_no_topic_log_metric_or_web_view(
         worker = WorkerProcess(app_id, free_port(), tmp_path / "worker.log", env).start()
         shovel.wait_healthy()
         worker.wait_up()
+        # Both servers on the loopback interface only (TROVEMETER_WEB_HOST's default).
+        assert listening_addresses(shovel.metrics_port) == {"127.0.0.1"}
+        assert listening_addresses(worker.port) == {"127.0.0.1"}
         for _, body, props in bodies:
             rabbit.publish(exchange, "notifications.info", body, props)
         wait_for(lambda: shovel.metrics().get("trovemeter_shovel_acked_total", 0) == len(bodies),

@@ -256,12 +256,23 @@ def test_the_worker_app_gets_the_credentials(pki: dict[str, str]) -> None:
     code = ("import json; from streams.app import app; "
             "from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth as a; "
             "c = a(app.conf.broker_credentials); "
-            "print(json.dumps({k: c[k] for k in ('security_protocol', 'sasl_mechanism', "
-            "'sasl_plain_username')}))")
+            "print(json.dumps({**{k: c[k] for k in ('security_protocol', 'sasl_mechanism', "
+            "'sasl_plain_username')}, 'web_bind': app.conf.web_bind}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     assert json.loads(out.strip().splitlines()[-1]) == {
-        "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "worker"}
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "worker",
+        "web_bind": "127.0.0.1"}  # Faust's own default binds every interface
+
+
+def test_binding_elsewhere_is_one_explicit_setting_for_both_servers() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TROVEMETER_")}
+    code = "from streams.app import app; print(app.conf.web_bind)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True, env=dict(env, TROVEMETER_WEB_HOST="0.0.0.0"))
+    assert run.stdout.strip().splitlines()[-1] == "0.0.0.0"
+    assert ShovelSettings(web_host="0.0.0.0").web_host == "0.0.0.0"
+    assert ShovelSettings().web_host == WorkerSettings().web_host == "127.0.0.1"
 
 
 # ------------------------------------------------------------------ RabbitMQ TLS
