@@ -18,7 +18,8 @@ instances are live at the horizon. Its messages are split:
    the scenario's closing ``dbaas.quota`` messages (900 s of event time after the horizon),
    which move the worker's event time past the hour's end + allowed lateness so the hour closes.
 
-Timed from the first publish of the burst to the receipt (by a reader here) of the last of the N
+Shovel and worker run on the bench copies of the topics (``bench_latency.E2E_TOPICS``), as in
+bench_latency. Timed from the first publish of the burst to the receipt (by a reader here) of the last of the N
 ``instance.exists.seconds`` records of those instances on `trove.usage`. Checked before it
 counts: every one of the N instances has its record (latest version per record id) and each is
 3600 s, the audit period, as the simulator's ``ExpectedTotals.exists_seconds`` says.
@@ -46,6 +47,7 @@ from bench import not_run_row, row  # noqa: E402
 from bench.bench_latency import (  # noqa: E402
     DEFAULT_BOOTSTRAP,
     DEFAULT_RABBIT,
+    E2E_TOPICS,
     RUN_DIR,
     PacedPublisher,
     Pipeline,
@@ -186,7 +188,8 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
         result["startup_s"] = pipeline.startup_s
         result["worker_idle_rss_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
         result["shovel_idle_rss_mb"] = round(tree_rss_kb(pipeline.shovel.pid) / 1024, 1)
-        collector = TopicCollector(args.bootstrap, [topics.USAGE, topics.NOTIFICATIONS])
+        collector = TopicCollector(args.bootstrap, [E2E_TOPICS["usage"], topics.USAGE,
+                                                    E2E_TOPICS["source"]])
         collector.start()
         collector.ready.wait(30)
         publisher = PacedPublisher(args.rabbit_url)
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
             while time.monotonic() < deadline:
                 end = len(collector.records)
                 for received, topic, value, headers in collector.records[scanned:end]:
-                    if topic == topics.USAGE:
+                    if topic != E2E_TOPICS["source"]:  # a usage topic
                         try:
                             record = codec.decode(value)
                         except Exception:  # noqa: BLE001 - other writers' records

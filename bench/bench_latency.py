@@ -4,9 +4,13 @@ beside the shovel's own share (RabbitMQ publish -> `trove.notifications`) from t
     .venv/bin/python -m bench.bench_latency [--seconds 20] [--rates 1000,5000]
 
 The whole pipeline runs as it does in production, as subprocesses started here: `trovemeter
-shovel` (its own queue bound to a bench exchange, writing `trove.notifications`) and `trovemeter
-worker` (its own Faust app id, so its own consumer group and tables, starting from the end of
-`trove.notifications`: the group's offsets are committed there before it starts).
+shovel` (its own queue bound to a bench exchange) and `trovemeter worker` (its own Faust app id,
+so its own consumer group and tables). They use bench copies of the topics
+(``E2E_TOPICS``: `trovemeter.bench.e2e.notifications`, `.operations`, `.usage`, ...; the worker is
+pointed at them with its TROVEMETER_*_TOPIC settings), so nothing else moves the worker's event
+time and the dashboard never shows benchmark records; the worker's group offsets are committed
+at the end of its source topic before it starts, so it reads only this run's messages. Below,
+`trove.notifications` / `trove.operations` mean those bench copies.
 
 Inputs: a seeded simulator scenario per rate (``ScenarioConfig`` with the default noise: v2
 bodies, duplicates, reordering, garbage), sized to rate x seconds messages, published at that
@@ -83,6 +87,36 @@ def agent_writes(topic: str) -> bool:
         except OSError:
             continue
     return False
+
+
+# ------------------------------------------------------------------ bench topics
+
+# The end-to-end benchmarks run the shovel and the worker on topics of their own (the worker's
+# settings name its source and output topics), so other traffic on trove.* cannot move the
+# worker's event time and the dashboard never shows benchmark records. Readers also watch the
+# real output topics, filtered by what the run expects, in case a worker ignores a setting.
+E2E_TOPICS = {
+    "source": "trovemeter.bench.e2e.notifications",
+    "dlq": "trovemeter.bench.e2e.dlq",
+    "operations": "trovemeter.bench.e2e.operations",
+    "errors": "trovemeter.bench.e2e.errors",
+    "resources": "trovemeter.bench.e2e.resources",
+    "usage": "trovemeter.bench.e2e.usage",
+    "usage_discrepancies": "trovemeter.bench.e2e.usage-discrepancies",
+}
+
+
+def ensure_e2e_topics(bootstrap: str) -> None:
+    from bench.bench_shovel import ensure_topic
+
+    for name, topic in E2E_TOPICS.items():
+        ensure_topic(bootstrap, topic, 1 if name == "dlq" else 4)
+
+
+def worker_topic_env() -> dict[str, str]:
+    """TROVEMETER_<NAME>_TOPIC for the worker (settings it does not have are ignored)."""
+    return {f"TROVEMETER_{name.upper()}_TOPIC": topic for name, topic in E2E_TOPICS.items()
+            if name != "dlq"}
 
 
 # ------------------------------------------------------------------ processes
@@ -186,6 +220,7 @@ class WorkerProcess:
                         TROVEMETER_WEB_PORT=str(self.web_port),
                         TROVEMETER_KAFKA_BOOTSTRAP=bootstrap, **(env or {}))
         self.process: subprocess.Popen[bytes] | None = None
+        self.source_topics: list[str] = []
 
     @property
     def pid(self) -> int:
@@ -193,10 +228,8 @@ class WorkerProcess:
         return self.process.pid
 
     def start(self, source_topics: Sequence[str] = ("trove.notifications",)) -> WorkerProcess:
-        from trovemeter import topics
-
-        commit_group_at_end(self.bootstrap, self.app_id, list(source_topics) or
-                            [topics.NOTIFICATIONS])
+        self.source_topics = list(source_topics)
+        commit_group_at_end(self.bootstrap, self.app_id, self.source_topics)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(worker_command(self.web_port), stdout=log,
@@ -226,8 +259,8 @@ class WorkerProcess:
     def rss_kb(self) -> int:
         return rss_kb(self.pid) if self.process is not None else 0
 
-    def lag(self, source_topics: Sequence[str] = ("trove.notifications",)) -> int | None:
-        return group_lag(self.bootstrap, self.app_id, source_topics)
+    def lag(self) -> int | None:
+        return group_lag(self.bootstrap, self.app_id, self.source_topics)
 
     def stop(self, timeout: float = 60) -> int | None:
         if self.process is None:
@@ -288,15 +321,20 @@ class Pipeline:
         try:
             with Rabbit(self.rabbit_url) as rabbit:
                 rabbit.prepare(self.queue, [self.exchange])
+            ensure_e2e_topics(self.bootstrap)
             if self.with_worker:
                 t = time.monotonic()
-                self.worker = WorkerProcess(self.bootstrap, self._log("worker")).start()
+                self.worker = WorkerProcess(self.bootstrap, self._log("worker"),
+                                            env=worker_topic_env()
+                                            ).start([E2E_TOPICS["source"]])
                 self.worker.wait_ready()
                 self.startup_s["worker"] = round(time.monotonic() - t, 1)
             t = time.monotonic()
             self.shovel = ShovelProcess(self.queue, [self.exchange], free_port(),
                                         self._log("shovel"),
-                                        extra_args=["--prefetch", "2000", *self.shovel_args],
+                                        extra_args=["--prefetch", "2000", "--topic",
+                                                    E2E_TOPICS["source"], "--dlq-topic",
+                                                    E2E_TOPICS["dlq"], *self.shovel_args],
                                         env={"TROVEMETER_KAFKA_BOOTSTRAP": self.bootstrap})
             self.shovel.start()
             self.shovel.wait_healthy(60)
@@ -497,7 +535,8 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
     expected = expected_on_arrival(notifications)
     index_of_id = {n.message_id: i for i, n in enumerate(notifications) if n is not None}
 
-    collector = TopicCollector(pipeline.bootstrap, [topics.OPERATIONS, topics.NOTIFICATIONS])
+    collector = TopicCollector(pipeline.bootstrap, [E2E_TOPICS["operations"], topics.OPERATIONS,
+                                                    E2E_TOPICS["source"]])
     collector.start()
     collector.ready.wait(30)
     publisher = PacedPublisher(pipeline.rabbit_url)
@@ -516,7 +555,7 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
         records = collector.records
         end = len(records)  # the collector keeps appending meanwhile
         for received, topic, value, headers in records[scanned:end]:
-            if topic == topics.OPERATIONS:
+            if topic != E2E_TOPICS["source"]:  # an operations topic
                 try:
                     record = codec.decode(value)
                 except Exception:  # noqa: BLE001 - other writers' records
