@@ -152,9 +152,7 @@ def wait_consumed(pipeline: Pipeline, published: int, timeout: float,
     while time.monotonic() - started < timeout:
         samples["worker"].append(pipeline.worker.rss_kb())
         samples["shovel"].append(tree_rss_kb(pipeline.shovel.pid))
-        if pipeline.worker.process is not None and pipeline.worker.process.poll() is not None:
-            raise WorkerUnavailable(f"the worker exited with {pipeline.worker.process.returncode} "
-                                    f"during the preload (log {pipeline.logs.get('worker')})")
+        pipeline.worker.check_alive()  # raises WorkerUnavailable with its first error
         acked = pipeline.shovel.metrics().get("trovemeter_shovel_acked_total", 0)
         if acked >= published:
             lag = pipeline.worker.lag()
@@ -246,6 +244,7 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
                 scanned = end
                 if len(last_exists) >= n:
                     break
+                pipeline.worker.check_alive()
                 time.sleep(0.2)
             collector.stop()
             result["worker_rss_after_burst_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)

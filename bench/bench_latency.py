@@ -242,14 +242,25 @@ class WorkerProcess:
         except OSError:
             return ""
 
+    def exited(self) -> str | None:
+        """Why the worker is gone (exit code and its first logged error), or None if running."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        lines = [line for line in self.logs().splitlines() if line.strip()]
+        errors = [line for line in lines if "[ERROR]" in line or "[CRITICAL]" in line]
+        detail = errors[0] if errors else " | ".join(lines[-3:])
+        return f"`trovemeter worker` exited with {self.process.returncode}: {detail[-400:]}"
+
+    def check_alive(self) -> None:
+        reason = self.exited()
+        if reason:
+            raise WorkerUnavailable(f"{reason} (log {self.log_path})")
+
     def wait_ready(self, timeout: float = 120) -> float:
         """Seconds until Faust logged that the worker is ready."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if self.process is not None and self.process.poll() is not None:
-                tail = [line for line in self.logs().splitlines() if line.strip()][-3:]
-                raise WorkerUnavailable(f"`trovemeter worker` exited with "
-                                        f"{self.process.returncode}: {' | '.join(tail)[-400:]}")
+            self.check_alive()
             if "[^Worker]: Ready" in self.logs():
                 return time.monotonic() - started
             time.sleep(0.2)
@@ -572,6 +583,9 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
         scanned = end
         if len(first_seen) >= len(expected) or time.monotonic() > deadline:
             break
+        if pipeline.worker is not None and pipeline.worker.exited():
+            collector.stop()
+            pipeline.worker.check_alive()
         time.sleep(0.2)
     collector.stop()
     if collector.error is not None:
