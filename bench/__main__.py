@@ -12,8 +12,9 @@ row, not the table), one after the other: they share two cores and the brokers, 
 side by side would measure the contention. Each figure is printed beside a baseline measured in
 the same run, with the ratio, because the machines are shared and absolute numbers drift; the
 ratio is the figure to compare between runs. A benchmark that fails, times out, or cannot run
-yet (a component not built) is a "not run: <reason>" row; `make bench` still exits 0 then, and
-exits 1 only when a benchmark reports an incomplete or wrong output (a fast wrong answer).
+yet (a component not built) is a "not run: <reason>" row, and a figure whose output was
+incomplete or wrong is marked INCOMPLETE (it does not count); `make bench` exits 0 either way:
+benchmarks report, they do not assert.
 
 A full run writes ``bench/results/latest.json`` (committed: the latest figures) and refreshes the
 table in ``docs/benchmarks.md``; ``--quick`` and ``--only`` runs write ``.stack/run/bench-*.json``
@@ -536,10 +537,9 @@ def main(argv: list[str] | None = None) -> int:
           + (f", table in {DOCS.relative_to(ROOT)}" if docs else ""))
     incomplete = [r for r in rows if r.get("complete") is False]
     if incomplete:
-        print("incomplete or wrong output in: "
-              + ", ".join(f"{r['benchmark']} / {r['figure']}" for r in incomplete),
-              file=sys.stderr)
-        return 1
+        print("output incomplete (not all expected records arrived in time) or wrong in: "
+              + ", ".join(f"{r['benchmark']} / {r['figure']}" for r in incomplete)
+              + ": those figures do not count", file=sys.stderr)
     return 0
 
 

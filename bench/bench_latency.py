@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time per rate")
     parser.add_argument("--rates", default="1000,5000", help="messages per second, comma-separated")
     parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--drain-timeout", type=float, default=60.0,
+    parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="seconds to wait for the last records after publishing")
     parser.add_argument("--rabbit-url", default=os.environ.get("TROVEMETER_RABBIT_URL",
                                                                DEFAULT_RABBIT))
