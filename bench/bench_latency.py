@@ -337,7 +337,7 @@ class Pipeline:
                 t = time.monotonic()
                 self.worker = WorkerProcess(self.bootstrap, self._log("worker"),
                                             env=worker_topic_env()
-                                            ).start([E2E_TOPICS["source"]])
+                                            ).start([E2E_TOPICS["source"], E2E_TOPICS["errors"]])
                 self.worker.wait_ready()
                 self.startup_s["worker"] = round(time.monotonic() - t, 1)
             t = time.monotonic()
