@@ -35,14 +35,16 @@ FEED_TOPICS = (topics.OPERATIONS, topics.ERRORS, topics.RESOURCES, topics.USAGE,
 # Views of the streams agents the page links to (and polls, when the worker serves them).
 KNOWN_VIEWS = ("/operations/open/", "/operations/recent/", "/errors/")
 _STARTED_MS = int(time.time() * 1000)
+APP_ID_HEADER = "trovemeter.app_id"  # on output records, when the agents set it
 _CONTENT_TYPES = {".html": "text/html", ".js": "application/javascript", ".css": "text/css"}
 
 
 class DashboardFeed:
     """Background consumer of the output topics into a ``PipelineTally`` (thread-safe reads)."""
 
-    def __init__(self, bootstrap: Any, since_ms: int) -> None:
+    def __init__(self, bootstrap: Any, since_ms: int, app_id: str = "") -> None:
         self.bootstrap = bootstrap
+        self.app_id = app_id.encode()
         self.since_ms = since_ms
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -80,7 +82,7 @@ class DashboardFeed:
                         decoded = []
                         for message in batch:
                             value = message.value()
-                            if value is None:
+                            if value is None or self._foreign(message):
                                 continue
                             try:
                                 decoded.append(serde.decode(value, message.topic()))
@@ -97,6 +99,14 @@ class DashboardFeed:
                     self._tally = None
                     self.caught_up = False
 
+    def _foreign(self, message: Any) -> bool:
+        """Written by another app's worker on the same topics (when outputs carry the app id
+        header): not this worker's numbers."""
+        if message.topic() == topics.NOTIFICATIONS_DLQ:
+            return False
+        producer = dict(message.headers() or ()).get(APP_ID_HEADER)
+        return producer is not None and producer != self.app_id
+
     def snapshot(self) -> dict[str, Any]:
         from trovemeter.pipeline_tally import PipelineTally
 
@@ -108,7 +118,7 @@ class DashboardFeed:
         return snap
 
 
-feed = DashboardFeed(settings.kafka_client_config(), _STARTED_MS)
+feed = DashboardFeed(settings.kafka_client_config(), _STARTED_MS, settings.app_id)
 
 
 def _iso_ms(ms: int) -> str:

@@ -42,6 +42,9 @@ from trovemeter import topics
 
 ROOT = Path(__file__).resolve().parent.parent
 HEADER_MESSAGE_ID = "trovemeter.message_id"
+# The worker's app id on its output records, when the worker sets it: outputs of other workers
+# reading the same topics (tests, benchmarks) are then told apart from this run's worker's.
+APP_ID_HEADER = "trovemeter.app_id"
 OUTPUT_TOPICS = (topics.OPERATIONS, topics.ERRORS, topics.RESOURCES, topics.USAGE)
 WATCHED_TOPICS = (topics.NOTIFICATIONS, topics.NOTIFICATIONS_DLQ, *OUTPUT_TOPICS)
 DEMO_APP_PREFIX = "trovemeter-demo-"
@@ -115,6 +118,7 @@ class RunLedger:
     tenants: set[str] = field(default_factory=set)
     garbage_shas: Counter[str] = field(default_factory=Counter)
     sent_offsets: list[float] = field(default_factory=list)  # per message, simulated seconds
+    exchange: str | None = None  # where the garbage goes (other tests send the same bodies)
 
     @classmethod
     def of(cls, scenario: Any) -> RunLedger:
@@ -122,7 +126,7 @@ class RunLedger:
 
         from trovemeter.envelope import BadNotification, parse_body
 
-        ledger = cls()
+        ledger = cls(exchange=scenario.config.exchange)
         for message in scenario.messages():
             ledger.sent_offsets.append(message.sent_offset)
             if message.kind == "garbage":
@@ -150,7 +154,8 @@ class RunLedger:
             if value is not None and value in self.message_ids:
                 return True
         sha = getattr(record, "body_sha256", None)
-        return sha is not None and sha in self.garbage_shas
+        return (sha is not None and sha in self.garbage_shas
+                and getattr(record, "exchange", self.exchange) == self.exchange)
 
 
 # ---------------------------------------------------------------------------- processes
@@ -284,11 +289,13 @@ class OutputWatcher:
     a ``PipelineTally``; counts this run's message ids in trove.notifications."""
 
     def __init__(self, bootstrap: Any, start: Mapping[tuple[str, int], int], ledger: RunLedger,
-                 serde: Any) -> None:
+                 serde: Any, app_id: str | None = None) -> None:
         from connectors.topic_reader import TopicReader
         from trovemeter.pipeline_tally import PipelineTally
 
         self.ledger = ledger
+        self.app_id = app_id.encode() if app_id else None
+        self.foreign_outputs = 0  # written by another worker (their app id header says so)
         self.serde = serde
         self.tally = PipelineTally(accept=ledger.owns)
         self.seen_ids: set[str] = set()
@@ -319,6 +326,11 @@ class OutputWatcher:
         data = message.value()
         if data is None:
             return
+        if self.app_id is not None and topic != topics.NOTIFICATIONS_DLQ:
+            producer = dict(message.headers() or ()).get(APP_ID_HEADER)
+            if producer is not None and producer != self.app_id:
+                self.foreign_outputs += 1  # another worker on the same topics (tests, benches)
+                return
         try:
             record = self.serde.decode(data, topic)
         except Exception:  # noqa: BLE001 - a foreign producer's record is not ours to count
@@ -431,19 +443,22 @@ def open_operations(base_url: str, ledger: RunLedger) -> Counter[tuple[str, str]
     """(resource_type, operation) -> starts the worker holds open for this run, from its
     ``/operations/open/`` view; None when the view is missing or unreadable."""
     try:
-        status, body = _http_get(f"{base_url}/operations/open/", timeout=5)
+        status, body = _http_get(f"{base_url}/operations/open/?limit=5000", timeout=10)
         if status != 200:
             return None
         document = json.loads(body)
     except (OSError, ValueError):
         return None
     rows = _rows_of(document)
-    if rows is None:
-        return None
+    if rows is None or (isinstance(document, Mapping) and document.get("partial")):
+        return None  # a worker did not answer: the count would be short
     counts: Counter[tuple[str, str]] = Counter()
     for row in rows:
         if not isinstance(row, Mapping):
             continue
+        if "has_start" in row and not (row["has_start"] and not row.get("has_end")
+                                       and not row.get("has_error")):
+            continue  # not a start waiting for its end (an orphan end, held events)
         rtype, op = row.get("resource_type"), row.get("operation")
         if not rtype or not op:
             continue
@@ -667,7 +682,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
     from trovemeter.demo_view import LiveState, Screen, progress_line, render_frame
 
     serde = serde_for(settings)
-    watcher = OutputWatcher(settings.kafka_client_config(), start_offsets, ledger, serde)
+    watcher = OutputWatcher(settings.kafka_client_config(), start_offsets, ledger, serde,
+                            app_id)
     lag = GroupLag(settings.kafka_client_config(), app_id)
     usage_present = usage_stage_present()
     state = LiveState(run_id=run_id, seed=seed, tenants=config.tenants,
@@ -718,7 +734,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
                                       f"{_rel(simulator.log_path)}")
                 state.phase = "settling"
                 settled, settle_note = _settled(state, watcher, now, finished_at)
-                state.note = state.note if sim_code else settle_note
+                if not sim_code:
+                    state.note = "" if settled else settle_note
                 if settled or now - finished_at > args.settle_timeout:
                     if not settled:
                         settle_note = (f"gave up waiting after {args.settle_timeout:.0f} s: "
@@ -727,7 +744,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
             if worker.exited() is not None:
                 state.note = f"the worker exited with {worker.exited()}: see {_rel(worker.log_path)}"
             if screen is not None:
-                screen.draw(render_frame(state, color=color))
+                screen.draw(render_frame(state, color=color, width=_columns()))
             elif now - last_plain >= 5:
                 last_plain = now
                 print(progress_line(state), flush=True)
@@ -749,7 +766,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
     if state.phase != "interrupted":
         state.phase = "done"
     if screen is not None:
-        screen.draw(render_frame(state, color=color))
+        screen.draw(render_frame(state, color=color, width=_columns()))
         screen.release()
     else:
         print(progress_line(state), flush=True)
@@ -769,7 +786,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
                    for row in state.snapshot["operations"]["by_operation"]},
         open_operations=open_operations(base_url, ledger), usage=usage,
         usage_agent_present=usage_present,
-        resources=state.snapshot["resources"]["by_type"], interrupted=interrupted)
+        resources=state.snapshot["resources"]["by_type"], conflicts=list(tally.conflicts),
+        interrupted=interrupted)
     checks = compare(expected, observed)
     shown = checks
     if interrupted:  # the outline only: most totals cannot match a scenario cut short
@@ -832,6 +850,12 @@ def _settled(state: Any, watcher: OutputWatcher, now: float, finished_at: float
     if waiting:
         return False, "settling: waiting for " + ", ".join(waiting)
     return True, "caught up"
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((100, 40)).columns
 
 
 def _rel(path: Path) -> str:

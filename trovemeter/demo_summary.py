@@ -58,12 +58,17 @@ class Observed:
     usage: Mapping[str, UsageTotals] | None = None
     usage_agent_present: bool = False  # the worker has a usage stage (so None is a failure)
     resources: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # type -> status
+    # operation record ids seen again with another content (outcome or times)
+    conflicts: list[str] = field(default_factory=list)
     interrupted: bool = False
 
 
 def compare(expected: Mapping[str, Any], observed: Observed) -> list[Check]:
     checks: list[Check] = []
     checks += _operations(expected, observed)
+    checks.append(Check("operations", "one content per operation record id", "0 conflicting",
+                        str(len(observed.conflicts)), not observed.conflicts,
+                        tuple(observed.conflicts[:6])))
     checks.append(_failures(expected, observed))
     checks.append(_dead_letters(expected, observed))
     checks.append(_message_ids(expected, observed))
@@ -178,8 +183,9 @@ def _usage(expected: Mapping[str, Any], observed: Observed) -> list[Check]:
                           "none from this run", False,
                           ("the worker has a usage stage, but it wrote no trove.usage record "
                            "for this run's tenants",))]
-        return [Check("usage", "usage per tenant", "billing totals in expected.json",
-                      "usage metering not built yet (no trove.usage records)", None)]
+        return [Check("usage", "usage per tenant and flavor", "billed seconds",
+                      "usage metering not built yet", None,
+                      ("no usage stage in the worker yet: nothing in trove.usage to compare",))]
     checks = []
     want_instances: Mapping[str, Mapping[str, float]] = billing.get("instance_seconds", {})
     tenants = sorted({*want_instances, *observed.usage, *billing.get("volume_gb_seconds", {}),
@@ -207,13 +213,13 @@ def _usage(expected: Mapping[str, Any], observed: Observed) -> list[Check]:
 def _resources(expected: Mapping[str, Any], observed: Observed) -> Check:
     want = expected.get("resources", {})
     inst = observed.resources.get("instance", {})
-    exp = (f"instances launched {want.get('instances_launched', 0)}, deleted "
+    exp = (f"launched {want.get('instances_launched', 0)}, deleted "
            f"{want.get('instances_deleted', 0)}, live {want.get('instances_live_at_horizon', 0)}")
     if not observed.resources:
-        return Check("resources", "resource states (informational)", exp,
+        return Check("resources", "instances (informational)", exp,
                      "no trove.resources records", None)
     states = ", ".join(f"{status} {n}" for status, n in sorted(inst.items())) or "none"
-    return Check("resources", "instance states (informational)", exp, states, None)
+    return Check("resources", "instances (informational)", exp, states, None)
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -222,13 +228,14 @@ def _resources(expected: Mapping[str, Any], observed: Observed) -> Check:
 def render(checks: Iterable[Check], *, color: bool = False, title: str = "") -> str:
     checks = list(checks)
     paint = _painter(color)
-    width = min(52, max((len(c.label) for c in checks), default=10))
-    exp_width = min(34, max((len(c.expected) for c in checks if c.ok is not None), default=10))
+    width = min(48, max((len(c.label) for c in checks), default=10))
+    exp_width = min(30, max((len(c.expected) for c in checks), default=10))
     lines = [title] if title else []
+    lines.append(paint(f"    {'':<{width}}  {'expected':<{exp_width}}  pipeline", "2"))
     for check in checks:
         mark = paint(check.mark, {PASS: "32", FAIL: "31;1", SKIP: "33"}[check.mark])
-        lines.append(f"  {mark} {check.label:<{width}}  expected {check.expected:<{exp_width}}  "
-                     f"pipeline {check.actual}")
+        lines.append(f"  {mark} {check.label:<{width}}  {check.expected:<{exp_width}}  "
+                     f"{check.actual}")
         lines.extend(f"      {detail}" for detail in check.details)
     passed = sum(c.ok is True for c in checks)
     failed = sum(c.ok is False for c in checks)

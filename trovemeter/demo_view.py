@@ -102,7 +102,8 @@ def render_frame(state: LiveState, *, color: bool = True, width: int = 100,
     top = errors.get("top", [])
     for row in top[:5]:
         message = row["last_message"].replace("\n", " ")
-        text = f"{row['count']:>4}  {row['operation']:<24}{row['exception_class']:<44}{message}"
+        text = (f"{row['count']:>4}  {row['operation']:<24}{row['exception_class'][:45]:<46}"
+                f"{message}")
         lines.append(text[: width - 1])
     if not top:
         lines.append(c("  (none yet)", dim))

@@ -94,6 +94,7 @@ class PipelineTally:
         self.errors: dict[str, OperationError] = {}
         self.resources: dict[str, ResourceState] = {}
         self.usage: dict[str, UsageRecord] = {}
+        self.conflicts: list[str] = []  # repeated operation record ids with another content
         self.dead_letters = 0
         self.dead_letter_reasons: Counter[str] = Counter()
         self.dead_letter_shas: Counter[str] = Counter()
@@ -134,7 +135,14 @@ class PipelineTally:
             self.add(record)
 
     def _add_operation(self, record: OperationCompleted) -> None:
-        if record.record_id in self.operations:
+        known = self.operations.get(record.record_id)
+        if known is not None:
+            if (known.outcome, known.started_at, known.ended_at) != \
+                    (record.outcome, record.started_at, record.ended_at):
+                # One record id, two contents: consumers that drop repeats keep either.
+                self.conflicts.append(
+                    f"{record.record_id} {operation_name(record.resource_type, record.operation)}"
+                    f" {known.outcome.value} then {record.outcome.value}")
             return
         self.operations[record.record_id] = record
         name = operation_name(record.resource_type, record.operation)

@@ -9,6 +9,7 @@ against the running demo.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import subprocess
@@ -106,16 +107,23 @@ def capture(url: str, out: Path | None, *, min_operations: int = 1, timeout: flo
         report.text = driver.execute_script("return document.body.innerText")
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            height = driver.execute_script(
-                "return Math.ceil(document.documentElement.scrollHeight)")
-            driver.set_window_size(1440, max(900, min(int(height) + 40, 4000)))
-            time.sleep(0.5)
-            driver.save_screenshot(str(out))
+            out.write_bytes(full_page_png(driver))
             report.screenshot = out
         report.console = driver.get_log("browser")
         return report
     finally:
         close(driver)
+
+
+def full_page_png(driver: Any) -> bytes:
+    """The whole page, not just the window (Chrome DevTools' captureBeyondViewport)."""
+    metrics = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})
+    size = metrics.get("cssContentSize") or metrics["contentSize"]
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 6000),
+                 "scale": 1}})
+    return base64.b64decode(shot["data"])
 
 
 def _demo_url() -> str:

@@ -178,7 +178,7 @@ def test_usage_not_built_yet_is_said_not_faked(expected: dict, message_ids: set[
                                        usage_agent_present=False))
     usage = [c for c in checks if c.section == "usage"]
     assert len(usage) == 1 and usage[0].ok is None
-    assert "usage metering not built yet" in usage[0].actual
+    assert usage[0].actual == "usage metering not built yet"
     assert exit_code(checks) == 0
     # With a usage stage in the worker, no record at all is a failure.
     checks = compare(expected, perfect(expected, message_ids, usage=None,
@@ -219,6 +219,7 @@ def test_render_marks_and_verdict(expected: dict, message_ids: set[str]) -> None
     text = render(compare(expected, perfect(expected, message_ids, usage=None,
                                             usage_agent_present=False)), title="summary")
     assert text.splitlines()[0] == "summary"
+    assert "expected" in text.splitlines()[1] and "pipeline" in text.splitlines()[1]
     assert PASS in text and SKIP in text and FAIL not in text.split("✗")[0]
     assert "all compared totals match" in text
     colored = render(compare(expected, perfect(expected, message_ids, dead_letters=0)),
@@ -235,3 +236,25 @@ def test_horizon_of(expected: dict) -> None:
 def test_message_id_digest_matches_the_simulator(expected: dict, message_ids: set[str]) -> None:
     digest = hashlib.sha256("\n".join(sorted(message_ids)).encode()).hexdigest()
     assert digest == expected["message_ids"]["sha256"]
+
+
+def test_conflicting_repeats_of_a_record_id_fail(expected: dict, message_ids: set[str]) -> None:
+    checks = by_label(compare(expected, perfect(expected, message_ids,
+                                                conflicts=["r1 instance.reboot succeeded then "
+                                                           "abandoned"])))
+    line = checks["one content per operation record id"]
+    assert line.ok is False and line.details == ("r1 instance.reboot succeeded then abandoned",)
+
+
+def test_dead_letters_of_another_exchange_are_not_this_runs() -> None:
+    from trovemeter.demo_command import RunLedger
+    from trovemeter.model import DeadLetter, RejectReason
+
+    ledger = RunLedger(garbage_shas=Counter({"s": 1}), exchange="trove")
+
+    def letter(exchange: str) -> DeadLetter:
+        return DeadLetter(reason=RejectReason.NOT_JSON, detail="d", body=b"", body_length=0,
+                          body_sha256="s", body_redacted=False, exchange=exchange,
+                          routing_key="notifications.info", received_at=datetime.now(UTC))
+
+    assert ledger.owns(letter("trove")) and not ledger.owns(letter("chaos.trove"))

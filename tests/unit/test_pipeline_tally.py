@@ -143,3 +143,11 @@ def test_clip_counts_visible_characters_only() -> None:
     assert clip("abcdef", 3) == "abc\x1b[0m"
     assert clip("\x1b[32mabcdef\x1b[0m", 4) == "\x1b[32mabcd\x1b[0m"
     assert clip("\x1b[32mab\x1b[0m", 10) == "\x1b[32mab\x1b[0m"
+
+
+def test_a_repeated_record_id_with_another_outcome_is_a_conflict() -> None:
+    tally = PipelineTally()
+    tally.add_all([op("a", Outcome.SUCCEEDED, 10.0), op("a", Outcome.SUCCEEDED, 10.0),
+                   op("a", Outcome.ABANDONED, None)])
+    assert tally.snapshot()["operations"]["by_outcome"]["succeeded"] == 1
+    assert tally.conflicts == ["a instance.create succeeded then abandoned"]
