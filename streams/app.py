@@ -1,6 +1,11 @@
-"""The Faust app and nothing else: `faust -A streams.app worker -l info` starts it."""
+"""The Faust app and its settings, nothing else: `faust -A streams.app worker -l info` (or
+`trovemeter worker`) starts it; the agents, tables, views and the dashboard are found by
+autodiscovery of the ``streams`` package (``streams/agents.py`` lists the agents).
+"""
 
 from __future__ import annotations
+
+import logging
 
 import faust
 
@@ -8,6 +13,12 @@ from trovemeter.security import faust_credentials
 from trovemeter.settings import WorkerSettings
 
 settings = WorkerSettings()
+
+# mode's logging setup leaves the root logger at DEBUG (the handler filters), so every
+# aiokafka debug call builds a LogRecord: ~10% of the worker's CPU, measured. Their own level.
+for _name in ("aiokafka", "faust", "mode"):
+    if settings.log_level.upper() != "DEBUG":
+        logging.getLogger(_name).setLevel(logging.INFO)
 
 app = faust.App(
     settings.app_id,
@@ -18,12 +29,21 @@ app = faust.App(
     topic_partitions=settings.topic_partitions,
     topic_replication_factor=1,
     # At-least-once with idempotent state and deterministic output ids: exactly-once with
-    # group_by and tables hangs in recovery (faust-pitfalls.md, #47).
+    # group_by and tables hangs in recovery (faust-pitfalls.md, #47). The outbox
+    # (streams/outbox.py) makes every output and table change durable before offsets commit.
     processing_guarantee="at_least_once",
+    broker_commit_interval=settings.commit_interval_seconds,
+    # No standbys: on this CPU-bound worker each standby would consume every other worker's
+    # changelogs as they are written; a moved partition is recovered from its compacted
+    # changelog instead (streams/tables.py).
+    table_standby_replicas=0,
     web_host=settings.web_host,
     # web_host only names the server in URLs; Faust binds 0.0.0.0 unless told (docs/security.md)
     web_bind=settings.web_host,
     web_port=settings.web_port,
-    autodiscover=False,
+    # What the other workers use to reach this one (the views fan out to every worker): the
+    # bind address, not the host name Faust would guess.
+    canonical_url=settings.web_canonical_url or f"http://{settings.web_host}:{settings.web_port}",
+    autodiscover=True,
     origin="streams",
 )

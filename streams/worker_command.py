@@ -12,10 +12,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import sys
 
     if args.web_port:
+        # Through the settings, not Faust's --web-port (which would also rewrite canonical_url).
         os.environ["TROVEMETER_WEB_PORT"] = str(args.web_port)
     from streams.app import app
 
-    app.main(["worker", "-l", args.loglevel])
+    # Faust's command line (click) reads sys.argv: give it the `faust worker` arguments.
+    sys.argv = ["trovemeter", "worker", "-l", args.loglevel]
+    app.main()  # never returns
     return 0

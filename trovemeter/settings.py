@@ -120,6 +120,83 @@ class WorkerSettings(CommonSettings):
     usage_exists_tolerance_seconds: float = Field(
         60, ge=0, description="Exists audit vs lifecycle seconds beyond this is a discrepancy"
     )
+    # --- topics (defaults: trovemeter.topics; overridden by benchmarks and isolated tests) ---
+    source_topic: str = Field("trove.notifications", description="Notifications the worker reads")
+    operations_topic: str = Field("trove.operations", description="Finished operations")
+    errors_topic: str = Field("trove.errors", description="Failed operations (also counted)")
+    resources_topic: str = Field("trove.resources", description="Resource state (compacted)")
+    # --- pairing (trovemeter.pairing.PairingPolicy; all in event time) ---
+    operation_timeouts: str = Field(
+        "", description="Per-operation timeouts over the defaults, seconds: "
+        "'create=7200,backup.create=21600' ('<resource type>.<operation>' or '<operation>')"
+    )
+    operation_default_timeout_seconds: float = Field(
+        3600, ge=0, description="Timeout of an operation not named in the timeouts"
+    )
+    pairing_max_clock_skew_seconds: float = Field(
+        300, ge=0, description="How far the start and end hosts' clocks may disagree"
+    )
+    pairing_allowed_lateness_seconds: float = Field(
+        600, ge=0, description="How far behind the newest event another may arrive in order"
+    )
+    pairing_retention_seconds: float = Field(
+        3600, ge=0, description="How long a reported operation absorbs redelivered copies"
+    )
+    tick_interval_seconds: float = Field(
+        1.0, gt=0, description="How often each worker carries its event time to every "
+        "pairing partition (expiry of quiet partitions)"
+    )
+    # --- the worker's write path (streams/outbox.py) ---
+    forward_linger_ms: float = Field(
+        5, ge=0, description="Phased events are forwarded to the pairing topic in batches "
+        "collected for at most this long"
+    )
+    forward_max_batch: int = Field(500, ge=1, description="Notifications per forwarded batch")
+    producer_linger_ms: float = Field(2, ge=0, description="librdkafka linger.ms of the outputs")
+    checkpoint_interval_seconds: float = Field(
+        0.5, gt=0, description="How often table changes are written to their changelogs "
+        "(after the outputs they caused are confirmed); also done before every offset commit"
+    )
+    commit_interval_seconds: float = Field(2.8, gt=0, description="Faust offset commit interval")
+    # --- tables and views ---
+    recent_operations_per_partition: int = Field(
+        250, ge=1, description="Finished operations kept per partition for /operations/recent/"
+    )
+    error_hours_kept: int = Field(48, ge=1, description="Hourly error windows kept per key")
+    web_canonical_url: str | None = Field(
+        None, description="URL other workers use to reach this one's web server "
+        "(default http://<web_host>:<web_port>)"
+    )
+    web_fanout_timeout_seconds: float = Field(
+        3.0, gt=0, description="How long a view waits for the other workers' parts"
+    )
+
+    def timeouts(self) -> dict[str, float]:
+        """``operation_timeouts`` parsed: {'create': 7200.0, 'backup.create': 21600.0}."""
+        return self._parse_timeouts(self.operation_timeouts)
+
+    @staticmethod
+    def _parse_timeouts(text: str) -> dict[str, float]:
+        parsed: dict[str, float] = {}
+        for item in text.split(","):
+            if not item.strip():
+                continue
+            name, sep, value = item.partition("=")
+            try:
+                seconds = float(value) if sep and name.strip() else -1.0
+            except ValueError:
+                seconds = -1.0
+            if seconds < 0:
+                raise ValueError(f"operation timeout {item.strip()!r}: expected NAME=SECONDS "
+                                 "with SECONDS >= 0")
+            parsed[name.strip()] = seconds
+        return parsed
+
+    @field_validator("operation_timeouts")
+    @classmethod
+    def _timeouts_valid(cls, value: str) -> str:
+        cls._parse_timeouts(value)
+        return value
 
 
 class BillSettings(CommonSettings):

@@ -1,0 +1,312 @@
+"""The pairing agent: starts joined to their ends and errors (``trovemeter.pairing``), in a table.
+
+Path of a start/end/error notification: source agent -> ``PairingForwarder`` -> the internal
+topic ``<app id>-pairing``, partition ``pairing_partition(join_key)`` (in batches, see
+``streams/topics.py``) -> this agent, which calls ``pairing.step`` with the key's state from
+table ``open_operations``, writes the table when the state changed and emits what ``step``
+returns: ``OperationCompleted`` to trove.operations, ``OperationError`` to trove.errors (after
+its ``OperationCompleted``). The shovel keys records by resource id, so a create's start (no
+resource id yet: keyed by request id) and its end (keyed by the new instance id) arrive on
+different source partitions; the repartition by join key brings them to one partition, on one
+worker, however many workers there are.
+
+Why an explicit topic and not ``group_by``: ``group_by`` sends one record per event through
+Faust's producer (~150-200 us each here) and makes the second agent pay Faust's per-event cost
+per notification; batches through the outbox cost a few microseconds per notification and one
+Faust event per batch. Only phased events take the hop; point events (usage audits) do not.
+
+Event time and expiry
+---------------------
+``pairing.expire`` abandons starts whose end did not come, reports ends whose start did not
+come and forgets tombstones, once *event time* passes a key's ``deadline``. Event time of a
+pairing partition is the greatest ``occurred_at`` it has seen, from two sources:
+
+- the notifications it receives;
+- *ticks*: every ``tick_interval_seconds`` each worker sends every pairing partition a tick
+  carrying its source event time (the greatest ``occurred_at`` its source agent has seen), so a
+  partition that receives no phased events still moves on with the rest of the stream.
+
+Both are capped at the wall clock + ``pairing_max_clock_skew_seconds``. Table writes happen only
+while processing a record of the partition concerned (a batch or a tick), never from a timer.
+Keys are found by deadline without scanning the table: a min-heap of (deadline, key) per
+partition, pushed on every state change (a stale entry is recognised when popped: the key's
+current deadline is later) and rebuilt from the table after every recovery.
+
+What a partition's event time does not know: a source partition far behind the others (a worker
+restarting) delivers its events late; within ``pairing_allowed_lateness_seconds`` that changes
+nothing, beyond it an end may find its start already abandoned (the pure core's contract).
+
+Also here: ``recent_operations``, a ring of the last ``recent_operations_per_partition``
+finished operations per partition (the ``/operations/recent/`` view), and the tick timer.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+import orjson
+
+from streams.app import app, settings
+from streams.resource_agent import EventClock, source_clock, source_handlers
+from streams.tables import open_operations, outbox, recent_operations
+from streams.topics import (
+    PAIRING_TOPIC,
+    PARTITIONS,
+    pack_tick,
+    pairing_partition,
+    pairing_topic,
+    tick_time,
+    unpack_batch,
+)
+from trovemeter.codec import CodecError, decode, encode, header_for
+from trovemeter.model import Notification, OperationCompleted, OperationError
+from trovemeter.pairing import (
+    DEFAULT_TIMEOUTS,
+    OpenOperation,
+    PairingPolicy,
+    deadline,
+    expire,
+    join_key,
+    step,
+)
+
+log = logging.getLogger("trovemeter.streams")
+
+RECORD_ID_HEADER = "trovemeter.record_id"
+OPERATION_HEADER = header_for(OperationCompleted)
+ERROR_HEADER = header_for(OperationError)
+
+
+def policy_from_settings() -> PairingPolicy:
+    timeouts = dict(DEFAULT_TIMEOUTS)
+    timeouts.update({name: timedelta(seconds=s) for name, s in settings.timeouts().items()})
+    return PairingPolicy(
+        timeouts=timeouts,
+        default_timeout=timedelta(seconds=settings.operation_default_timeout_seconds),
+        max_clock_skew=timedelta(seconds=settings.pairing_max_clock_skew_seconds),
+        allowed_lateness=timedelta(seconds=settings.pairing_allowed_lateness_seconds),
+        retention=timedelta(seconds=settings.pairing_retention_seconds),
+    )
+
+
+class PairingForwarder:
+    """Source handler: start/end/error events to the owner of their pairing partition.
+
+    When this worker owns the partition (always with one worker; with *n* workers, 1/*n* of the
+    keys) the notification is paired right here, already decoded, instead of taking the topic:
+    the pairing partition's state, changelog partition and event time are the same either way,
+    and the pure core gives the same records whichever path an event took and in whatever
+    order. Saved per event: a second decode and a Faust event of the pairing agent (~100 us).
+    """
+
+    def __init__(self) -> None:
+        self.owned: set[int] = set()  # pairing partitions this worker owns (streams/agents.py)
+
+    def handle(self, n: Notification, raw: bytes, partition: int) -> None:
+        key = join_key(n)
+        if key is None:
+            return
+        target = pairing_partition(key)
+        if target in self.owned:
+            shell.on_notification(n, target)
+            shell.sweep(target)
+        else:
+            outbox.forward(target, raw)
+
+
+class RecentRing:
+    """The last ``size`` finished operations of each partition, in table ``recent_operations``
+    as chunks of ``CHUNK`` (one changelog record per chunk and checkpoint, not per operation)."""
+
+    CHUNK = 25
+
+    def __init__(self, size: int) -> None:
+        self.chunks = max(1, -(-size // self.CHUNK))
+        self._next: dict[int, int] = {}  # partition -> next sequence number
+
+    def add(self, partition: int, record: OperationCompleted) -> None:
+        seq = self._next.get(partition)
+        if seq is None:
+            seq = self._recover_next(partition)
+        self._next[partition] = seq + 1
+        key = f"{partition}:{(seq // self.CHUNK) % self.chunks}"
+        first = seq - seq % self.CHUNK
+        chunk = recent_operations.get(key)
+        ops = list(chunk["ops"]) if chunk is not None and chunk["first"] == first else []
+        ops.append(orjson.loads(orjson.dumps(record)))  # JSON-ready: ISO times, enum values
+        recent_operations.put(partition, key, {"first": first, "ops": ops})
+
+    def _recover_next(self, partition: int) -> int:
+        prefix = f"{partition}:"
+        ends = [chunk["first"] + len(chunk["ops"])
+                for key, chunk in recent_operations.local_items() if key.startswith(prefix)]
+        return max(ends, default=0)
+
+    def forget(self, partitions: set[int] | None = None) -> None:
+        if partitions is None:
+            self._next.clear()
+        for partition in partitions or ():
+            self._next.pop(partition, None)
+
+
+class PairingShell:
+    """What the pairing agent keeps besides the table: event time and deadlines per partition."""
+
+    def __init__(self, policy: PairingPolicy, ring: RecentRing) -> None:
+        self.policy = policy
+        self.ring = ring
+        self.clock = EventClock(policy.max_clock_skew)  # only for its cap
+        self.event_time: dict[int, datetime] = {}
+        self._heaps: dict[int, list[tuple[datetime, str]]] = {}
+        self.operations_topic = settings.operations_topic
+        self.errors_topic = settings.errors_topic
+
+    # --- events
+    def on_notification(self, n: Notification, partition: int) -> None:
+        key = join_key(n)
+        if key is None:  # not forwarded by us; nothing to pair
+            return
+        self._observe(partition, n.occurred_at)
+        old = open_operations.get(key)
+        new, records = step(old, n, self.policy)
+        if new is not old and new is not None:
+            open_operations.put(partition, key, new)
+            self._push(partition, new)
+        self._emit(partition, records)
+
+    def advance(self, partition: int, moment: datetime) -> None:
+        """A tick: event time of ``partition`` moves to ``moment`` (if later)."""
+        self._observe(partition, moment)
+        self.sweep(partition)
+
+    def _observe(self, partition: int, moment: datetime) -> None:
+        current = self.event_time.get(partition)
+        if current is None or moment > current:
+            self.event_time[partition] = self.clock.capped(moment)
+
+    def sweep(self, partition: int) -> None:
+        """Expire the keys of ``partition`` whose deadline event time has passed."""
+        now = self.event_time.get(partition)
+        heap = self._heaps.get(partition)
+        if now is None or not heap:
+            return
+        policy = self.policy
+        while heap and heap[0][0] < now:
+            _, key = heapq.heappop(heap)
+            state = open_operations.get(key)
+            if state is None:
+                continue
+            due = _deadline(state, policy)
+            if due is None or not now > due:
+                continue  # a stale entry: the key's current deadline is pushed too
+            new, records = expire(state, now, policy)
+            if new is None:
+                open_operations.delete(partition, key)
+            elif new is not state:
+                open_operations.put(partition, key, new)
+                self._push(partition, new)
+            self._emit(partition, records)
+
+    def _push(self, partition: int, state: OpenOperation) -> None:
+        due = _deadline(state, self.policy)
+        if due is not None:
+            heapq.heappush(self._heaps.setdefault(partition, []), (due, state.join_key))
+
+    def _emit(self, partition: int, records: list[OperationCompleted | OperationError]) -> None:
+        for record in records:
+            headers = [(RECORD_ID_HEADER, record.record_id.encode())]
+            if isinstance(record, OperationCompleted):
+                key = record.resource_id or record.request_id or record.record_id
+                outbox.emit(self.operations_topic, encode(record), key,
+                            headers=[OPERATION_HEADER, *headers])
+                self.ring.add(partition, record)
+            else:
+                outbox.emit(self.errors_topic, encode(record), record.tenant_id or "unknown",
+                            headers=[ERROR_HEADER, *headers])
+
+    # --- rebalances
+    def rebuild(self) -> None:
+        """After recovery: deadlines of every key held here, from the table."""
+        self._heaps = {}
+        for key, state in open_operations.local_items():
+            partition = open_operations.partition_of(key)
+            if partition is None:
+                partition = pairing_partition(key)
+            due = _deadline(state, self.policy)
+            if due is not None:
+                self._heaps.setdefault(partition, []).append((due, key))
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+
+    def forget(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._heaps.pop(partition, None)
+            self.event_time.pop(partition, None)
+
+    def open_count(self) -> int:
+        return sum(len(heap) for heap in self._heaps.values())
+
+
+def _deadline(state: OpenOperation, policy: PairingPolicy) -> datetime | None:
+    try:
+        return deadline(state, policy)
+    except ValueError:  # nothing held that could ever be decided
+        return None
+
+
+policy = policy_from_settings()
+recent = RecentRing(settings.recent_operations_per_partition)
+shell = PairingShell(policy, recent)
+forwarder = PairingForwarder()
+source_handlers.append(forwarder)
+
+
+@app.agent(pairing_topic, concurrency=1)
+async def pairing(stream: Any) -> None:
+    """<app id>-pairing (batches and ticks) -> open_operations, trove.operations, trove.errors."""
+    async for event in stream.events():
+        value = event.value
+        partition = event.message.partition
+        moment = tick_time(value)
+        if moment is not None:
+            shell.advance(partition, moment)
+            # Source handlers with an ``on_tick`` (see streams/resource_agent.py).
+            for handler in source_handlers:
+                on_tick = getattr(handler, "on_tick", None)
+                if on_tick is not None:
+                    on_tick(partition, shell.event_time[partition])
+            continue
+        try:
+            raws = list(unpack_batch(value))
+        except ValueError as exc:
+            outbox.stats["bad_pairing_records"] += 1
+            log.warning("skipping %s[%s]@%s: %s", event.message.topic, partition,
+                        event.message.offset, exc)
+            continue
+        for raw in raws:
+            try:
+                n = decode(raw)
+            except CodecError as exc:
+                outbox.stats["undecodable"] += 1
+                log.warning("skipping undecodable forwarded record: %s", exc)
+                continue
+            shell.on_notification(n, partition)
+        shell.sweep(partition)
+
+
+_last_tick: list[datetime | None] = [None]
+
+
+@app.timer(interval=settings.tick_interval_seconds)
+async def send_ticks() -> None:
+    """This worker's source event time to every pairing partition (when it moved)."""
+    now = source_clock.now
+    if now is None or now == _last_tick[0]:
+        return
+    _last_tick[0] = now
+    tick = pack_tick(now)
+    for partition in range(PARTITIONS):
+        outbox.emit(PAIRING_TOPIC, tick, partition=partition)

@@ -1,0 +1,107 @@
+"""The worker's topics: the source, the internal pairing topic and the output topic names.
+
+trove.notifications (source, external)
+    Avro single-object ``Notification`` bytes (``trovemeter.codec``), keyed by resource id, else
+    request id (the shovel). Read raw; the agent decodes. Which partition a key lands on is the
+    shovel's business (``murmur2_random``), and nothing here depends on it: state read from
+    this topic is keyed by resource id and stays on whatever partition a key arrives on.
+
+``<app id>-pairing`` (internal, ``topic_partitions`` partitions, created by Faust)
+    Start/end/error notifications on their way to the pairing agent, and event-time ticks. The
+    partition of a join key is ``pairing_partition(key)`` (CRC-32, chosen by trovemeter, not by
+    a producer's partitioner), so the pairing agent and the web views agree on where a key
+    lives whichever client produced the record. Values:
+
+    - a batch: ``b"TMB1"`` then, per notification, a 4-byte big-endian length and the
+      notification's Avro bytes exactly as read from the source (no re-encoding);
+    - a tick: ``b"TMT1"`` then the sender's event time as a signed 8-byte big-endian count of
+      microseconds since the epoch (UTC).
+
+    Records carry no key: a batch holds several join keys of one partition.
+
+trove.operations, trove.errors, trove.resources (outputs, external)
+    Avro single-object records with the codec's schema-name header, produced by the outbox
+    (``streams/outbox.py``) with the shovel's partitioner (``murmur2_random``, as Java and
+    aiokafka), keyed by resource id (else request id, else record id): one resource's records
+    stay in order on one partition, the compacted trove.resources needs exactly that key, and
+    a consumer drops repeats by ``record_id`` (also in the ``trovemeter.record_id`` header).
+    trove.errors is keyed by tenant id instead: the error agent counts failures per tenant x
+    resource type x operation x exception class, and every key of that table must arrive on
+    one partition.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+from streams.app import app, settings
+
+BATCH_MAGIC = b"TMB1"
+TICK_MAGIC = b"TMT1"
+_LENGTH = struct.Struct(">I")
+_MICROS = struct.Struct(">q")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+PAIRING_TOPIC = f"{settings.app_id}-pairing"
+PARTITIONS = settings.topic_partitions
+
+source_topic = app.topic(
+    settings.source_topic, key_type=bytes, value_type=bytes,
+    key_serializer="raw", value_serializer="raw",
+)
+pairing_topic = app.topic(
+    PAIRING_TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw",
+    value_serializer="raw", internal=True, partitions=PARTITIONS,
+    # Forwarded events are needed only until the pairing agent has taken them into its table.
+    retention=timedelta(days=1),
+)
+errors_topic = app.topic(
+    settings.errors_topic, key_type=bytes, value_type=bytes,
+    key_serializer="raw", value_serializer="raw",
+)
+
+
+def pairing_partition(join_key: str, partitions: int = PARTITIONS) -> int:
+    """The pairing partition of a join key (stable across processes and versions)."""
+    return zlib.crc32(join_key.encode()) % partitions
+
+
+def pack_batch(values: Iterable[bytes]) -> bytes:
+    parts = [BATCH_MAGIC]
+    for value in values:
+        parts.append(_LENGTH.pack(len(value)))
+        parts.append(value)
+    return b"".join(parts)
+
+
+def pack_tick(moment: datetime) -> bytes:
+    delta = moment - _EPOCH
+    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    return TICK_MAGIC + _MICROS.pack(micros)
+
+
+def tick_time(value: bytes) -> datetime | None:
+    """The event time of a tick, or None when ``value`` is not a tick."""
+    if len(value) != 12 or value[:4] != TICK_MAGIC:
+        return None
+    return _EPOCH + timedelta(microseconds=_MICROS.unpack_from(value, 4)[0])
+
+
+def unpack_batch(value: bytes) -> Iterator[bytes]:
+    """The notifications of a batch; ValueError for anything else (a corrupt record)."""
+    if value[:4] != BATCH_MAGIC:
+        raise ValueError("not a pairing batch (no TMB1 marker)")
+    view = memoryview(value)
+    offset, end = 4, len(value)
+    while offset < end:
+        if offset + 4 > end:
+            raise ValueError("truncated pairing batch")
+        (length,) = _LENGTH.unpack_from(value, offset)
+        offset += 4
+        if offset + length > end:
+            raise ValueError("truncated pairing batch")
+        yield bytes(view[offset:offset + length])
+        offset += length
