@@ -68,3 +68,12 @@ bench: $(STAMP)
 	@$(STACK) up
 	@$(BIN)/trovemeter topics
 	@$(BIN)/python -m bench
+
+# Issue #9: fault injection on the real stack (kills, Kafka/RabbitMQ stop+restart, Kafka frozen
+# for a minute), ~10 minutes; prints the summary table (.stack/chaos/summary.txt). It restarts
+# the shared brokers: not part of `make test`, and never while other tests use the stack.
+.PHONY: chaos
+chaos: $(STAMP)
+	@$(STACK) up
+	@$(BIN)/trovemeter topics >/dev/null
+	@TROVEMETER_CHAOS=1 $(BIN)/pytest tests/chaos -q -s -p no:cacheprovider --timeout 1200

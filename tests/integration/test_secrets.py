@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,13 +54,16 @@ from trovemeter.model import DeadLetter
 
 pytestmark = pytest.mark.integration
 
-# The worker as `faust -A streams.app worker` runs it (dashboard registered, as the demo does;
-# `trovemeter worker` hands Faust's App.main() an argument it does not take), plus one
+# The worker with everything streams/ registers (agents, views, the dashboard), however the
+# package wires its modules together, started as `faust -A streams.app worker` does; plus one
 # test-only page listing every route the web server has, the tables and the agents.
 WORKER_SHIM = """
-import sys
-import streams.dashboard
+import importlib, pkgutil, sys
+import streams
 from streams.app import app
+for module in pkgutil.iter_modules(streams.__path__):
+    if module.name != "worker_command":
+        importlib.import_module(f"streams.{module.name}")
 
 @app.page("/__test_routes__/")
 async def _routes(self, request):
@@ -68,7 +72,6 @@ async def _routes(self, request):
                       "tables": sorted(app.tables.keys()),
                       "agents": sorted(app.agents.keys())})
 
-# As `faust -A streams.app worker ...` (Faust's App.main() reads sys.argv).
 sys.argv = ["faust", "worker", *sys.argv[1:]]
 app.main()
 """
@@ -330,6 +333,14 @@ def test_planted_secrets_appear_in_no_topic_log_metric_or_web_view(
         for name, secret in secrets_.items():
             assert secret.encode() not in blob, f"{name} leaked into {record.topic}"
     assert letters == 6, letters  # broken v1/v2, gzip, bz2, truncated, latin-1
+    by_topic = Counter(r.topic for r in records)
+    print(f"\nrecords greped: {dict(sorted(by_topic.items()))}\nworker routes: {sorted(served)}"
+          f"\nagents: {routes['agents']}")
+    if routes["agents"]:  # the worker's outputs were exercised with the planted notifications
+        planted = (ids["request_id"].encode(), ids["instance_id"].encode())
+        assert any(r.topic.startswith("trove.") and r.topic not in (
+            topics.NOTIFICATIONS, topics.NOTIFICATIONS_DLQ) and any(p in r.value for p in planted)
+            for r in records), "no worker output record about the planted notifications"
 
     # -- logs, metrics, health, web views
     logs = {"shovel log": shovel.logs(), "worker log": worker.logs()}
