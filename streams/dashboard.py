@@ -30,8 +30,13 @@ from trovemeter import topics
 log = logging.getLogger("trovemeter.dashboard")
 
 STATIC_DIR = Path(__file__).with_name("dashboard")
-FEED_TOPICS = (topics.OPERATIONS, topics.ERRORS, topics.RESOURCES, topics.USAGE,
-               topics.NOTIFICATIONS_DLQ)
+# The worker's own output topics (its TROVEMETER_*_TOPIC settings), and the shovel's dead
+# letters next to its source topic (`<source>.dlq`, as trove.notifications.dlq).
+DLQ_TOPIC = f"{getattr(settings, 'source_topic', topics.NOTIFICATIONS)}.dlq"
+FEED_TOPICS = (getattr(settings, "operations_topic", topics.OPERATIONS),
+               getattr(settings, "errors_topic", topics.ERRORS),
+               getattr(settings, "resources_topic", topics.RESOURCES),
+               getattr(settings, "usage_topic", topics.USAGE), DLQ_TOPIC)
 # Views of the streams agents the page links to (and polls, when the worker serves them).
 KNOWN_VIEWS = ("/operations/open/", "/operations/recent/", "/errors/")
 _STARTED_MS = int(time.time() * 1000)
@@ -102,7 +107,7 @@ class DashboardFeed:
     def _foreign(self, message: Any) -> bool:
         """Written by another app's worker on the same topics (when outputs carry the app id
         header): not this worker's numbers."""
-        if message.topic() == topics.NOTIFICATIONS_DLQ:
+        if message.topic() == DLQ_TOPIC:
             return False
         producer = dict(message.headers() or ()).get(APP_ID_HEADER)
         return producer is not None and producer != self.app_id

@@ -47,6 +47,47 @@ HEADER_MESSAGE_ID = "trovemeter.message_id"
 APP_ID_HEADER = "trovemeter.app_id"
 OUTPUT_TOPICS = (topics.OPERATIONS, topics.ERRORS, topics.RESOURCES, topics.USAGE)
 WATCHED_TOPICS = (topics.NOTIFICATIONS, topics.NOTIFICATIONS_DLQ, *OUTPUT_TOPICS)
+
+
+@dataclass(frozen=True)
+class DemoTopics:
+    """The topics of one run: trovemeter's own, or copies under a prefix (``--topic-prefix``)
+    that no other shovel or worker reads or writes: tests run isolated from a demo or another
+    worker on the same brokers."""
+
+    prefix: str = ""
+
+    def name(self, topic: str) -> str:
+        return f"{self.prefix}{topic}"
+
+    @property
+    def notifications(self) -> str:
+        return self.name(topics.NOTIFICATIONS)
+
+    @property
+    def dlq(self) -> str:
+        return self.name(topics.NOTIFICATIONS_DLQ)
+
+    @property
+    def watched(self) -> tuple[str, ...]:
+        return tuple(self.name(t) for t in WATCHED_TOPICS)
+
+    def specs(self) -> list[Any]:
+        import dataclasses
+
+        return [dataclasses.replace(spec, name=self.name(spec.name))
+                for spec in topics.topic_specs()]
+
+    def worker_env(self) -> dict[str, str]:
+        """The worker's TROVEMETER_*_TOPIC settings (the dashboard derives the DLQ's name)."""
+        if not self.prefix:
+            return {}
+        return {"TROVEMETER_SOURCE_TOPIC": self.notifications,
+                "TROVEMETER_OPERATIONS_TOPIC": self.name(topics.OPERATIONS),
+                "TROVEMETER_ERRORS_TOPIC": self.name(topics.ERRORS),
+                "TROVEMETER_RESOURCES_TOPIC": self.name(topics.RESOURCES),
+                "TROVEMETER_USAGE_TOPIC": self.name(topics.USAGE),
+                "TROVEMETER_USAGE_DISCREPANCIES_TOPIC": self.name(topics.USAGE_DISCREPANCIES)}
 DEMO_APP_PREFIX = "trovemeter-demo-"
 # The worker, with the dashboard registered whether or not streams/app.py imports it yet.
 # sys.argv as `trovemeter worker ...` would have it, in case the worker hands it to Faust.
@@ -93,6 +134,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="logs, pid files, expected.json, summary (default .stack/run)")
     where.add_argument("--app-id", default=None,
                        help=f"worker app id (default {DEMO_APP_PREFIX}<run id>)")
+    where.add_argument("--topic-prefix", default="", metavar="PREFIX",
+                       help="run on copies of trovemeter's topics named PREFIX<topic>, which "
+                       "nothing else reads or writes (isolated runs, tests); default: the real "
+                       "topics")
 
     output = parser.add_argument_group("output")
     output.add_argument("--plain", action="store_true",
@@ -289,7 +334,8 @@ class OutputWatcher:
     a ``PipelineTally``; counts this run's message ids in trove.notifications."""
 
     def __init__(self, bootstrap: Any, start: Mapping[tuple[str, int], int], ledger: RunLedger,
-                 serde: Any, app_id: str | None = None) -> None:
+                 serde: Any, app_id: str | None = None, names: DemoTopics = DemoTopics()
+                 ) -> None:
         from connectors.topic_reader import TopicReader
         from trovemeter.pipeline_tally import PipelineTally
 
@@ -302,7 +348,8 @@ class OutputWatcher:
         self.notification_records = 0
         self.undecodable = 0
         self.last_output_at = time.monotonic()
-        self._reader = TopicReader(bootstrap, WATCHED_TOPICS, start=dict(start))
+        self.names = names
+        self._reader = TopicReader(bootstrap, names.watched, start=dict(start))
 
     def pump(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -315,7 +362,7 @@ class OutputWatcher:
 
     def _handle(self, message: Any) -> None:
         topic = message.topic()
-        if topic == topics.NOTIFICATIONS:
+        if topic == self.names.notifications:
             for name, value in message.headers() or ():
                 if name == HEADER_MESSAGE_ID and value is not None:
                     message_id = value.decode("utf-8", "replace")
@@ -326,7 +373,7 @@ class OutputWatcher:
         data = message.value()
         if data is None:
             return
-        if self.app_id is not None and topic != topics.NOTIFICATIONS_DLQ:
+        if self.app_id is not None and topic != self.names.dlq:
             producer = dict(message.headers() or ()).get(APP_ID_HEADER)
             if producer is not None and producer != self.app_id:
                 self.foreign_outputs += 1  # another worker on the same topics (tests, benches)
@@ -336,7 +383,7 @@ class OutputWatcher:
         except Exception:  # noqa: BLE001 - a foreign producer's record is not ours to count
             self.undecodable += 1
             return
-        if self.ledger.owns(record) and topic != topics.NOTIFICATIONS_DLQ:
+        if self.ledger.owns(record) and topic != self.names.dlq:
             self.last_output_at = time.monotonic()
         self.tally.add(record)
 
@@ -347,7 +394,7 @@ class OutputWatcher:
 class GroupLag:
     """Records of trove.notifications the worker's consumer group has not committed yet."""
 
-    def __init__(self, bootstrap: Any, group_id: str) -> None:
+    def __init__(self, bootstrap: Any, group_id: str, topic: str = topics.NOTIFICATIONS) -> None:
         from confluent_kafka import Consumer
 
         from trovemeter.security import client_config
@@ -355,15 +402,16 @@ class GroupLag:
         self._consumer = Consumer({**client_config(bootstrap), "group.id": group_id,
                                    "enable.auto.commit": False, "log_level": 0})
         self._partitions: list[Any] | None = None
+        self._topic = topic
 
     def lag(self) -> int | None:
         from confluent_kafka import KafkaException, TopicPartition
 
         try:
             if self._partitions is None:
-                metadata = self._consumer.list_topics(topics.NOTIFICATIONS, timeout=5)
-                self._partitions = [TopicPartition(topics.NOTIFICATIONS, p)
-                                    for p in metadata.topics[topics.NOTIFICATIONS].partitions]
+                metadata = self._consumer.list_topics(self._topic, timeout=5)
+                self._partitions = [TopicPartition(self._topic, p)
+                                    for p in metadata.topics[self._topic].partitions]
             committed = self._consumer.committed(self._partitions, timeout=5)
             total = 0
             for tp in committed:
@@ -622,14 +670,15 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
                   "stop it or choose another port", file=sys.stderr)
             return 2
     app_id = args.app_id or f"{DEMO_APP_PREFIX}{run_id}"
+    names = DemoTopics(args.topic_prefix)
     try:
         from connectors.kafka_admin import KafkaUnavailable, ensure_topics
         from connectors.topic_reader import commit_group_offsets, end_offsets
 
         kafka = settings.kafka_client_config()  # bootstrap + TLS/SASL (trovemeter.security)
-        ensure_topics(kafka, topics.topic_specs())
+        ensure_topics(kafka, names.specs())
         delete_queue(settings.rabbit_parameters(), args.queue)
-        start_offsets = end_offsets(kafka, WATCHED_TOPICS)
+        start_offsets = end_offsets(kafka, names.watched)
         commit_group_offsets(kafka, app_id, start_offsets)
         if args.app_id is None:
             delete_old_demo_state(kafka, app_id, ROOT / ".stack" / "faust")
@@ -644,10 +693,12 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
     trovemeter_bin = str(Path(sys.executable).with_name("trovemeter"))
     shovel = Background("shovel", [trovemeter_bin, "shovel", "--queue", args.queue,
                                    "--exchanges", args.exchange,
-                                   "--metrics-port", str(args.metrics_port)], run_dir, env)
+                                   "--metrics-port", str(args.metrics_port),
+                                   "--topic", names.notifications, "--dlq-topic", names.dlq],
+                        run_dir, env)
     worker = Background("worker", [executable, "-c", WORKER_SHIM, "--web-port", str(web_port)],
                         run_dir, dict(env, TROVEMETER_APP_ID=app_id,
-                                      TROVEMETER_WEB_PORT=str(web_port)))
+                                      TROVEMETER_WEB_PORT=str(web_port), **names.worker_env()))
     base_url = f"http://127.0.0.1:{web_port}"
     started = time.monotonic()
     shovel.start()
@@ -658,6 +709,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
         "shovel_metrics": f"http://127.0.0.1:{args.metrics_port}/metrics",
         "pids": {"shovel": shovel.process.pid if shovel.process else None,
                  "worker": worker.process.pid if worker.process else None},
+        "topics": list(names.watched),
         "start_offsets": {f"{t}:{p}": o for (t, p), o in sorted(start_offsets.items())},
     }, indent=2) + "\n")
     try:
@@ -683,8 +735,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
 
     serde = serde_for(settings)
     watcher = OutputWatcher(settings.kafka_client_config(), start_offsets, ledger, serde,
-                            app_id)
-    lag = GroupLag(settings.kafka_client_config(), app_id)
+                            app_id, names)
+    lag = GroupLag(settings.kafka_client_config(), app_id, names.notifications)
     usage_present = usage_stage_present()
     state = LiveState(run_id=run_id, seed=seed, tenants=config.tenants,
                       instances=config.instances, hours=config.hours, speed=speed,
@@ -733,7 +785,7 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
                         state.note = (f"the simulator exited with {sim_code}: see "
                                       f"{_rel(simulator.log_path)}")
                 state.phase = "settling"
-                settled, settle_note = _settled(state, watcher, now, finished_at)
+                settled, settle_note = _settled(state, watcher, now, finished_at, names)
                 if not sim_code:
                     state.note = "" if settled else settle_note
                 if settled or now - finished_at > args.settle_timeout:
@@ -818,9 +870,9 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
         _say("the stack, the shovel and the worker keep running for you to explore:")
         if dashboard:
             print(f"  dashboard      {dashboard}")
-        print(f"  topics         .venv/bin/trovemeter tail {topics.OPERATIONS}   "
-              f"(also {topics.ERRORS}, {topics.RESOURCES}, {topics.USAGE}, "
-              f"{topics.NOTIFICATIONS}, --follow, --key K)")
+        print(f"  topics         .venv/bin/trovemeter tail {names.name(topics.OPERATIONS)}   "
+              f"(also {names.name(topics.ERRORS)}, {names.name(topics.RESOURCES)}, "
+              f"{names.name(topics.USAGE)}, {names.notifications}, --follow, --key K)")
         print(f"  more traffic   .venv/bin/trovemeter simulate --exchange {args.exchange} "
               "--speed 600")
         print(f"  logs           {_rel(run_dir)}/{{shovel,worker,simulator}}.log    "
@@ -833,13 +885,13 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
     return exit_code(checks)
 
 
-def _settled(state: Any, watcher: OutputWatcher, now: float, finished_at: float
-             ) -> tuple[bool, str]:
+def _settled(state: Any, watcher: OutputWatcher, now: float, finished_at: float,
+             names: DemoTopics) -> tuple[bool, str]:
     """Whether the pipeline has caught up with everything published, and what it waits for."""
     waiting = []
     if state.in_topic < state.expected_ids:
         waiting.append(f"{state.expected_ids - state.in_topic} message ids not in "
-                       f"{topics.NOTIFICATIONS} yet")
+                       f"{names.notifications} yet")
     if state.dead_letters < state.garbage:
         waiting.append(f"{state.garbage - state.dead_letters} dead letters")
     if state.worker_lag is None or state.worker_lag > 0:

@@ -1,6 +1,7 @@
-"""The dashboard in a real headless Chromium: a worker (unique app id and web port) processes a
-small scenario produced straight to trove.notifications; the page loads, shows its operations,
-and logs no console error. The screenshot lands in .stack/screenshots/dashboard-test.png."""
+"""The dashboard in a real headless Chromium: a worker (unique app id, web port and copies of
+trovemeter's topics) processes a small scenario produced straight to its notifications topic;
+the page loads, shows the operations, and logs no console error. The screenshot lands in
+.stack/screenshots/dashboard-test.png."""
 
 from __future__ import annotations
 
@@ -53,15 +54,17 @@ class Worker:
     the current end of every topic: it sees only what is produced after it started."""
 
     def __init__(self, bootstrap: str, log_path: Path) -> None:
-        from connectors.topic_reader import commit_group_offsets, end_offsets
-        from trovemeter.demo_command import WATCHED_TOPICS, WORKER_SHIM
+        from connectors.kafka_admin import ensure_topics
+        from trovemeter.demo_command import WORKER_SHIM, DemoTopics
 
         self.app_id = f"test-dashboard-{uuid.uuid4().hex[:8]}"
+        # Own copies of trovemeter's topics: nothing else feeds this worker or its dashboard.
+        self.topics = DemoTopics(f"{self.app_id}.")
+        ensure_topics(bootstrap, self.topics.specs())
         self.port = free_port()
         self.log_path = log_path
-        commit_group_offsets(bootstrap, self.app_id, end_offsets(bootstrap, WATCHED_TOPICS))
         env = dict(os.environ, TROVEMETER_APP_ID=self.app_id, TROVEMETER_WEB_PORT=str(self.port),
-                   PYTHONUNBUFFERED="1")
+                   PYTHONUNBUFFERED="1", **self.topics.worker_env())
         with log_path.open("wb") as log:
             self.process = subprocess.Popen([sys.executable, "-c", WORKER_SHIM, "--web-port",
                                              str(self.port)], stdout=log,
@@ -110,12 +113,12 @@ def worker(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Worker]:
         yield running
     finally:
         running.stop()
-        delete_topics_of(kafka_bootstrap, running.app_id)
+        delete_topics_of(kafka_bootstrap, running.app_id)  # internal topics and trove.* copies
 
 
-def produce_scenario(bootstrap: str) -> int:
+def produce_scenario(bootstrap: str, topic: str = topics.NOTIFICATIONS) -> int:
     """A small scenario's notifications, parsed and encoded as the shovel would, straight to
-    trove.notifications. Returns the number of operations it has."""
+    ``topic``. Returns the number of operations it has."""
     from trovemeter.envelope import BadNotification, parse_body
 
     start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=5)
@@ -131,7 +134,7 @@ def produce_scenario(bootstrap: str) -> int:
         except BadNotification:
             continue
         key = notification.kafka_key
-        producer.produce(topics.NOTIFICATIONS, codec.encode(notification),
+        producer.produce(topic, codec.encode(notification),
                          key=key.encode() if key else None,
                          headers=[codec.header_for(notification),
                                   ("trovemeter.message_id", notification.message_id.encode())])
@@ -143,7 +146,7 @@ def test_dashboard_shows_a_scenario_without_console_errors(browser: None, worker
                                                            kafka_bootstrap: str) -> None:
     from tests.integration.dashboard_browser import capture
 
-    operations = produce_scenario(kafka_bootstrap)
+    operations = produce_scenario(kafka_bootstrap, worker.topics.notifications)
     assert operations > 0
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and worker.summary()["operations"]["total"] == 0:

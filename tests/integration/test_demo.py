@@ -49,7 +49,8 @@ def test_demo_runs_to_a_summary_where_every_compared_total_matches(
     try:
         run_demo(kafka_bootstrap, unique_name, tmp_path)
     finally:
-        delete_topics_of(kafka_bootstrap, f"{unique_name}-demo")
+        delete_topics_of(kafka_bootstrap, f"{unique_name}-demo")  # the worker's internal ones
+        delete_topics_of(kafka_bootstrap, f"{unique_name}.")  # the run's copies of trove.*
 
 
 def run_demo(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> None:
@@ -58,7 +59,10 @@ def run_demo(kafka_bootstrap: str, unique_name: str, tmp_path: Path) -> None:
             "--hours", "6", "--duration", "20", "--settle-timeout", "90",
             "--exchange", f"{unique_name}.trove", "--queue", f"{unique_name}.demo",
             "--web-port", str(free_port()), "--metrics-port", str(free_port()),
-            "--run-dir", str(run_dir), "--app-id", f"{unique_name}-demo", "--stop-at-end"]
+            "--run-dir", str(run_dir), "--app-id", f"{unique_name}-demo", "--stop-at-end",
+            # Own copies of the topics: a demo or another worker running on the real ones (a
+            # developer's `make demo` left running) would also process this run's traffic.
+            "--topic-prefix", f"{unique_name}."]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=420, cwd=ROOT)
     output = result.stdout + result.stderr
     summary = json.loads((run_dir / "summary.json").read_text()) \
