@@ -21,11 +21,10 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.integration.conftest import free_port
-from tests.integration.test_demo import NEEDS_WORKER
 from trovemeter import codec, topics
 from trovemeter.simulation import ScenarioConfig, build_scenario
 
-pytestmark = [pytest.mark.integration, NEEDS_WORKER]
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / ".stack" / "screenshots" / "dashboard-test.png"

@@ -1,6 +1,6 @@
 """`trovemeter demo` end to end on a small, fast scenario: shovel + worker + simulator on the
-real brokers, isolated from a demo the developer may have running (own run dir, exchange, queue
-and ports), and the summary says the pipeline's totals equal the simulator's."""
+real brokers, isolated from a demo the developer may have running (own run dir, exchange, queue,
+ports and copies of the topics), and the summary says the pipeline's totals equal the simulator's."""
 
 from __future__ import annotations
 
@@ -12,22 +12,7 @@ import pytest
 
 from tests.integration.conftest import free_port
 
-
-
-def streams_agents_present(streams_dir: Path = Path(__file__).resolve().parents[2] / "streams"
-                           ) -> bool:
-    """Whether the worker has agents yet (issue #5's streams code): until it does, the end-to-end
-    tests that need the worker's outputs are expected to fail, and say so."""
-    for path in streams_dir.glob("**/*.py"):
-        if path.name != "dashboard.py" and "app.agent(" in path.read_text(errors="replace"):
-            return True
-    return False
-
-
-NEEDS_WORKER = pytest.mark.xfail(
-    not streams_agents_present(), strict=False,
-    reason="the worker has no agents yet (streams/, issue #5): nothing reaches trove.operations")
-pytestmark = [pytest.mark.integration, NEEDS_WORKER]
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TROVEMETER = ROOT / ".venv" / "bin" / "trovemeter"
