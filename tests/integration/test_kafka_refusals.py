@@ -11,12 +11,20 @@ the retry path the Kafka outage tests (``test_shovel.py``) and the chaos suite e
 
 from __future__ import annotations
 
+import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewTopic,
+)
 
 from tests.integration.conftest import free_port
 from tests.integration.shovel_harness import (
@@ -70,9 +78,7 @@ class Scratch:
                  f"topic {name} gone")
 
     def set_config(self, name: str, **config: str) -> None:
-        # incremental: only the named keys change
-        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
-
+        """Incremental: only the named keys change."""
         resource = ConfigResource("topic", name, incremental_configs=[
             ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
             for k, v in config.items()])
@@ -231,8 +237,6 @@ def test_a_broker_refusing_every_write_holds_everything_without_spinning(
     code = 'trovemeter_shovel_delivery_errors_total{code="MSG_SIZE_TOO_LARGE"}'
     wait_for(lambda: metric(shovel, code) >= 3 * len(batch), 30, "the refusals", interval=0.5)
     first = metric(shovel, code)
-    import time
-
     time.sleep(10)
     # Without backoff every refused record would be re-sent at once, hundreds of times a
     # second; with it (0.5 s doubling) 20 records fail at most a few hundred times in 10 s.
@@ -249,8 +253,6 @@ def test_a_broker_refusing_every_write_holds_everything_without_spinning(
     wait_for(lambda: queue_counts(queue) == (0, 0), 90, "the queue to drain", interval=1)
     letters = read_records(kafka_bootstrap, {(dlq, 0): 0}, lambda rs: len(rs) >= len(batch))
     shas = {codec.decode(r.value).body_sha256 for r in letters}
-    import hashlib
-
     assert shas == {hashlib.sha256(body).hexdigest() for _, body, _ in batch}  # none lost
     assert events(shovel, "kafka.delivery_recovered")
     assert shovel.stop() == 0
