@@ -154,11 +154,21 @@ def wait_consumed(pipeline: Pipeline, published: int, timeout: float,
         samples["shovel"].append(tree_rss_kb(pipeline.shovel.pid))
         pipeline.worker.check_alive()  # raises WorkerUnavailable with its first error
         acked = pipeline.shovel.metrics().get("trovemeter_shovel_acked_total", 0)
+        lag = pipeline.worker.lag()
         if acked >= published:
-            lag = pipeline.worker.lag()
             zero_seen = zero_seen + 1 if lag == 0 else 0
             if zero_seen >= 2:
                 return time.monotonic() - started
+        elapsed = time.monotonic() - started
+        if elapsed > 30 and lag is not None:
+            # Give up early (and keep the run's time for the rest) when the worker is too slow.
+            rate = max(1.0, (acked - lag) / elapsed)
+            if published / rate > timeout * 1.1:
+                raise TimeoutError(
+                    f"the worker consumes the preload at ~{rate:,.0f} events/s: "
+                    f"{published:,} events would take ~{published / rate:,.0f}s, over the "
+                    f"{timeout:.0f}s limit (worker RSS {pipeline.worker.rss_kb() / 1024:.0f} MB "
+                    f"after {acked - lag:,.0f} of them)")
         time.sleep(0.5)
     raise TimeoutError(f"the worker had not consumed the preload after {timeout:.0f}s")
 
@@ -282,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench_audit_burst", description=__doc__.splitlines()[0])
     p.add_argument("--instances", type=int, default=100_000, help="live instances (= audits)")
     p.add_argument("--seed", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=240.0,
+    p.add_argument("--timeout", type=float, default=180.0,
                    help="seconds to wait for the burst's usage records")
     p.add_argument("--preload-timeout", type=float, default=300.0)
     p.add_argument("--rabbit-url", default=os.environ.get("TROVEMETER_RABBIT_URL", DEFAULT_RABBIT))
