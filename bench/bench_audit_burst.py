@@ -279,13 +279,15 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
 
 
 def share_memory(result: dict[str, Any]) -> None:
+    """Leave the worker's memory figures (or why there are none) for bench_memory."""
     run_id = os.environ.get("TROVEMETER_BENCH_RUN_ID")
-    if not run_id or "worker_rss_mb" not in result:
+    if not run_id or ("worker_rss_mb" not in result and "not_run" not in result):
         return
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     keys = ("instances", "worker_rss_mb", "worker_idle_rss_mb", "worker_peak_rss_mb",
-            "shovel_peak_rss_mb", "shovel_idle_rss_mb", "preload_messages", "preload_rate")
-    shared_path(run_id).write_text(json.dumps({k: result.get(k) for k in keys}))
+            "shovel_peak_rss_mb", "shovel_idle_rss_mb", "preload_messages", "preload_rate",
+            "not_run")
+    shared_path(run_id).write_text(json.dumps({k: result.get(k) for k in keys if k in result}))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -315,9 +317,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return not_run("usage agent not built (nothing under streams/ uses trovemeter.accrual)")
     try:
         result = run(args)
-    except WorkerUnavailable as exc:
-        return not_run(str(exc))
-    except TimeoutError as exc:
+    except (WorkerUnavailable, TimeoutError) as exc:
+        share_memory({"instances": args.instances, "not_run": str(exc)})
         return not_run(str(exc))
     share_memory(result)
     if result["records_seen"] == 0:

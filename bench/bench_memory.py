@@ -135,6 +135,8 @@ def worker_memory(args: argparse.Namespace) -> dict[str, Any]:
         try:
             shared = json.loads(shared_path(run_id).read_text())
             if shared.get("instances") == args.instances:
+                if shared.get("not_run"):  # the same preload failed there: not again here
+                    raise TimeoutError(f"(bench_audit_burst, same run) {shared['not_run']}")
                 shared["source"] = "bench_audit_burst, same run"
                 return shared
         except (OSError, ValueError):
