@@ -33,6 +33,7 @@ app = faust.App(
     # (streams/outbox.py) makes every output and table change durable before offsets commit.
     processing_guarantee="at_least_once",
     broker_commit_interval=settings.commit_interval_seconds,
+    broker_session_timeout=settings.session_timeout_seconds,
     # No standbys: on this CPU-bound worker each standby would consume every other worker's
     # changelogs as they are written; a moved partition is recovered from its compacted
     # changelog instead (streams/tables.py).

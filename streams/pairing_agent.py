@@ -53,6 +53,7 @@ from streams.app import app, settings
 from streams.resource_agent import EventClock, source_clock, source_handlers
 from streams.tables import open_operations, outbox, recent_operations
 from streams.topics import (
+    APP_ID_HEADER,
     PAIRING_TOPIC,
     PARTITIONS,
     pack_tick,
@@ -217,7 +218,7 @@ class PairingShell:
 
     def _emit(self, partition: int, records: list[OperationCompleted | OperationError]) -> None:
         for record in records:
-            headers = [(RECORD_ID_HEADER, record.record_id.encode())]
+            headers = [(RECORD_ID_HEADER, record.record_id.encode()), APP_ID_HEADER]
             if isinstance(record, OperationCompleted):
                 key = record.resource_id or record.request_id or record.record_id
                 outbox.emit(self.operations_topic, encode(record), key,

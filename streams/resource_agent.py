@@ -46,7 +46,7 @@ from typing import Any, Protocol
 
 from streams.app import app, settings
 from streams.tables import outbox, resources
-from streams.topics import source_topic
+from streams.topics import APP_ID_HEADER, source_topic
 from trovemeter.codec import CodecError, decode, encode, header_for
 from trovemeter.model import Notification, ResourceState
 from trovemeter.resource_state import TRACKED_TYPES, apply
@@ -99,7 +99,7 @@ class ResourceStateHandler:
         resources.put(partition, rid, new)
         state = new.state
         if old is None or state != old.state:
-            outbox.emit(self.topic, encode(state), rid, headers=[RESOURCE_STATE_HEADER])
+            outbox.emit(self.topic, encode(state), rid, headers=[RESOURCE_STATE_HEADER, APP_ID_HEADER])
         tenants = self._tenants
         if tenants is not None and state.tenant_id and (
                 old is None or old.state.tenant_id != state.tenant_id):

@@ -25,6 +25,8 @@ trove.operations, trove.errors, trove.resources (outputs, external)
     aiokafka), keyed by resource id (else request id, else record id): one resource's records
     stay in order on one partition, the compacted trove.resources needs exactly that key, and
     a consumer drops repeats by ``record_id`` (also in the ``trovemeter.record_id`` header).
+    The ``trovemeter.app_id`` header names the worker app that wrote a record (two pipelines
+    with different app ids, e.g. a demo beside production, may both read trove.notifications).
     trove.errors is keyed by tenant id instead: the error agent counts failures per tenant x
     resource type x operation x exception class, and every key of that table must arrive on
     one partition.
@@ -46,6 +48,7 @@ _MICROS = struct.Struct(">q")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 PAIRING_TOPIC = f"{settings.app_id}-pairing"
+APP_ID_HEADER = ("trovemeter.app_id", settings.app_id.encode())
 PARTITIONS = settings.topic_partitions
 
 source_topic = app.topic(

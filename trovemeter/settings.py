@@ -158,6 +158,10 @@ class WorkerSettings(CommonSettings):
         "(after the outputs they caused are confirmed); also done before every offset commit"
     )
     commit_interval_seconds: float = Field(2.8, gt=0, description="Faust offset commit interval")
+    session_timeout_seconds: float = Field(
+        60, ge=6, description="Kafka group session timeout: how long a dead worker keeps its "
+        "partitions before the others take them over"
+    )
     # --- tables and views ---
     recent_operations_per_partition: int = Field(
         250, ge=1, description="Finished operations kept per partition for /operations/recent/"

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from trovemeter.codec import decode, encode, header_for
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TROVEMETER = ROOT / ".venv" / "bin" / "trovemeter"
 RUN_DIR = ROOT / ".stack" / "run"
 HEADER_MESSAGE_ID = "trovemeter.message_id"
+APP_ID_HEADER = "trovemeter.app_id"
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"
@@ -145,11 +146,19 @@ def produce(producer: Producer, topic: str, notifications: Iterable[Notification
 
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int = 4,
                   config: dict[str, str] | None = None) -> None:
+    names = list(names)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics([NewTopic(name, partitions, 1, config=config or {})
                                    for name in names])
     for future in futures.values():
         future.result(timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # until every partition has a leader
+        metadata = admin.list_topics(timeout=10).topics
+        if all(name in metadata and len(metadata[name].partitions) == partitions and
+               all(p.leader >= 0 for p in metadata[name].partitions.values()) for name in names):
+            return
+        time.sleep(0.1)
 
 
 def delete_topics(bootstrap: str, prefix: str) -> None:
@@ -175,8 +184,15 @@ def end_offsets(bootstrap: str, topics: Iterable[str]) -> dict[tuple[str, int], 
         marks = {}
         for topic in topics:
             for partition in metadata.topics[topic].partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                         timeout=30)
+                for attempt in range(50):  # a topic just created may not have a leader yet
+                    try:
+                        _, high = consumer.get_watermark_offsets(
+                            TopicPartition(topic, partition), timeout=30)
+                        break
+                    except KafkaException:
+                        if attempt == 49:
+                            raise
+                        time.sleep(0.2)
                 marks[(topic, partition)] = high
         return marks
     finally:
@@ -215,12 +231,15 @@ class OutputReader:
     ``keep`` accepts."""
 
     def __init__(self, bootstrap: str, start: dict[tuple[str, int], int],
-                 keep: Callable[[Any], bool] = lambda record: True) -> None:
+                 keep: Callable[[Any], bool] = lambda record: True,
+                 app_id: str | None = None) -> None:
         self.consumer = Consumer({"bootstrap.servers": bootstrap,
                                   "group.id": f"reader-{uuid.uuid4().hex}",
                                   "enable.auto.commit": False, "fetch.wait.max.ms": 20})
         self.consumer.assign([TopicPartition(t, p, o) for (t, p), o in start.items()])
         self.keep = keep
+        # Only records this app wrote (other pipelines on the stack may write the same ids).
+        self.app_id = app_id.encode() if app_id else None
         self.outputs: list[Output] = []
 
     def poll(self, seconds: float = 0.2) -> int:
@@ -230,12 +249,15 @@ class OutputReader:
             for message in self.consumer.consume(num_messages=5000, timeout=0.05):
                 if message.error():
                     continue
+                headers = dict(message.headers() or [])
+                if self.app_id is not None and headers.get(APP_ID_HEADER) != self.app_id:
+                    continue
                 record = decode(message.value()) if message.value() else None
                 if record is None or not self.keep(record):
                     continue
                 self.outputs.append(Output(message.topic(), message.partition(),
                                            message.offset(), message.key(), record,
-                                           dict(message.headers() or []), time.monotonic()))
+                                           headers, time.monotonic()))
                 added += 1
             if time.monotonic() >= deadline:
                 return added
