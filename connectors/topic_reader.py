@@ -78,15 +78,32 @@ def partitions_of(consumer: Consumer, topics: Iterable[str], timeout: float = 10
     return found
 
 
+_RETRIABLE = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT})
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, timeout: float = 10.0
+               ) -> tuple[int, int]:
+    """(low, high) of a partition; retried while a topic created a moment ago has no leader."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                  timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _RETRIABLE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
 def end_offsets(bootstrap: str | Mapping[str, Any], topics: Iterable[str], timeout: float = 10.0) -> Offsets:
     """High watermark of every partition of ``topics``: where "only new records" starts."""
     consumer = _consumer(bootstrap)
     try:
         marks: Offsets = {}
         for topic, partition in partitions_of(consumer, topics, timeout):
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                     timeout=timeout)
-            marks[(topic, partition)] = high
+            marks[(topic, partition)] = watermarks(consumer, topic, partition, timeout)[1]
         return marks
     except KafkaException as exc:
         raise KafkaUnreachable(str(exc)) from exc
@@ -121,9 +138,7 @@ class TopicReader:
             self.partitions = partitions_of(self._consumer, self.topics, timeout)
             self.ends: Offsets = {}
             for tp in self.partitions:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(*tp),
-                                                               timeout=timeout)
-                self.ends[tp] = high
+                self.ends[tp] = watermarks(self._consumer, *tp, timeout)[1]
             assignment = self._start_positions(start, since_ms, timeout)
         except Exception:
             self._consumer.close()
@@ -156,9 +171,7 @@ class TopicReader:
         if tp.offset == OFFSET_END:
             return self.ends[(tp.topic, tp.partition)]
         if tp.offset < 0:  # OFFSET_BEGINNING: compare with the low watermark
-            low, _ = self._consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
-                                                          timeout=10)
-            return low
+            return watermarks(self._consumer, tp.topic, tp.partition)[0]
         return tp.offset
 
     def at_end(self) -> bool:

@@ -342,6 +342,9 @@ class OutputWatcher:
         self.ledger = ledger
         self.app_id = app_id.encode() if app_id else None
         self.foreign_outputs = 0  # written by another worker (their app id header says so)
+        # Notifications other producers wrote during the run: the worker reads them too, and
+        # their event times move its watermark (this run's events can become late).
+        self.foreign_notifications = 0
         self.serde = serde
         self.tally = PipelineTally(accept=ledger.owns)
         self.seen_ids: set[str] = set()
@@ -363,12 +366,13 @@ class OutputWatcher:
     def _handle(self, message: Any) -> None:
         topic = message.topic()
         if topic == self.names.notifications:
-            for name, value in message.headers() or ():
-                if name == HEADER_MESSAGE_ID and value is not None:
-                    message_id = value.decode("utf-8", "replace")
-                    if message_id in self.ledger.message_ids:
-                        self.notification_records += 1
-                        self.seen_ids.add(message_id)
+            message_id = dict(message.headers() or ()).get(HEADER_MESSAGE_ID)
+            if message_id is not None and message_id.decode("utf-8", "replace") in \
+                    self.ledger.message_ids:
+                self.notification_records += 1
+                self.seen_ids.add(message_id.decode())
+            else:
+                self.foreign_notifications += 1
             return
         data = message.value()
         if data is None:
@@ -795,6 +799,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
                     break
             if worker.exited() is not None:
                 state.note = f"the worker exited with {worker.exited()}: see {_rel(worker.log_path)}"
+            elif watcher.foreign_notifications and not state.note:
+                state.note = _foreign_note(watcher.foreign_notifications, names)
             if screen is not None:
                 screen.draw(render_frame(state, color=color, width=_columns()))
             elif now - last_plain >= 5:
@@ -850,6 +856,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
              "the expected totals are the whole scenario's)")
     if settle_note and not interrupted and not settle_note.startswith("caught up"):
         title += f"\n  note: {settle_note}"
+    if watcher.foreign_notifications:
+        title += f"\n  note: {_foreign_note(watcher.foreign_notifications, names)}"
     print()
     print(render(shown, color=color, title=title))
     (run_dir / "summary.txt").write_text(render(checks, color=False, title=title) + "\n")
@@ -902,6 +910,13 @@ def _settled(state: Any, watcher: OutputWatcher, now: float, finished_at: float,
     if waiting:
         return False, "settling: waiting for " + ", ".join(waiting)
     return True, "caught up"
+
+
+def _foreign_note(count: int, names: DemoTopics) -> str:
+    return (f"{count} notifications from other producers arrived on {names.notifications} "
+            "during this run; the worker reads them too and their event times can make this "
+            "run's events late (abandoned starts, orphan ends). To isolate a run: "
+            'make demo DEMO_ARGS="--topic-prefix demo."')
 
 
 def _columns() -> int:

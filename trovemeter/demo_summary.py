@@ -196,12 +196,12 @@ def _usage(expected: Mapping[str, Any], observed: Observed) -> list[Check]:
         for flavor in sorted({*want_flavors, *got.instance_seconds}, key=_flavor_order):
             exp, act = float(want_flavors.get(flavor, 0)), got.instance_seconds.get(flavor, 0.0)
             name = got.flavor_names.get(flavor)
-            label = f"{_short(tenant)} instance seconds, flavor {flavor}" + \
-                (f" ({name})" if name else "")
+            label = f"{_short(tenant)} instance s, " + \
+                (f"{name} ({flavor})" if name else f"flavor {flavor}")
             checks.append(Check("usage", label, _num(exp), _num(act), _close(exp, act)))
-        for meter, key, attr in (("volume GB-seconds", "volume_gb_seconds", "volume_gb_seconds"),
-                                 ("backup GB-seconds", "backup_gb_seconds", "backup_gb_seconds"),
-                                 ("exists seconds", "exists_seconds", "exists_seconds")):
+        for meter, key, attr in (("volume GB·s", "volume_gb_seconds", "volume_gb_seconds"),
+                                 ("backup GB·s", "backup_gb_seconds", "backup_gb_seconds"),
+                                 ("exists s", "exists_seconds", "exists_seconds")):
             exp = float(billing.get(key, {}).get(tenant, 0))
             act = float(getattr(got, attr))
             if exp or act:
