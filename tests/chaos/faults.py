@@ -107,6 +107,7 @@ class Supervised:
             with self._lock:
                 if self.process is not None and self.process.poll() is not None:
                     self.unexpected_exits.append(self.process.returncode)
+                    time.sleep(2.0)  # as systemd's RestartSec: no tight crash loop
                     self._spawn()
 
     @property
@@ -197,8 +198,10 @@ def kafka_frozen(seconds: float) -> Iterator[float]:
 
 def stack_up(timeout: float = 240) -> None:
     """`stack/stack.sh up`: starts whichever broker is down, returns when both accept clients."""
-    subprocess.run([str(STACK), "up"], cwd=ROOT, check=True, timeout=timeout,
-                   capture_output=True, text=True)
+    run = subprocess.run([str(STACK), "up"], cwd=ROOT, timeout=timeout, capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"stack/stack.sh up failed ({run.returncode}):\n{run.stdout}\n{run.stderr}")
 
 
 def kafka_stop(timeout: float = 60) -> float:
