@@ -237,7 +237,9 @@ def count_agent(bootstrap: str, records: list[tuple[bytes | None, bytes]], run: 
             return {"complete": False, "log": str(log_path)}
         seconds = result["last"] - result["first"]
         return {"events": result["n"], "seconds": round(seconds, 3),
-                "events_per_s": round((result["n"] - 1) / seconds), "complete": True}
+                "events_per_s": round((result["n"] - 1) / seconds),
+                "cpu_us_per_event": round(result["cpu"] / result["n"] * 1e6, 1),
+                "complete": True}
     finally:
         process.terminate()
         try:
@@ -368,6 +370,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="share of point events (usage audits) among the inputs")
     parser.add_argument("--workers", default="1,2", help="worker counts to run")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra worker setting, e.g. TROVEMETER_PRODUCER_LINGER_MS=5")
     parser.add_argument("--bootstrap", default=os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP",
                                                               "127.0.0.1:9092"))
     args = parser.parse_args(argv)
@@ -395,8 +399,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"    {result['count']}", flush=True)
         for workers in [int(w) for w in args.workers.split(",") if w]:
             print(f"(c) trovemeter worker x{workers} ...", flush=True)
+            extra = dict(item.split("=", 1) for item in args.env)
             result[f"worker{workers}"] = worker_run(bootstrap, records, expected, run, workers,
-                                                    log_dir)
+                                                    log_dir, extra)
             print(f"    {result[f'worker{workers}']}", flush=True)
     finally:
         delete_topics(bootstrap, f"{run}.")
@@ -422,8 +427,10 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                        baseline="Faust counting agent", baseline_value=count, ratio=ratio,
                        target=">= 5,000/s and >= 0.5x counting Faust agent",
                        met=bool(one >= TARGET_RATE and (ratio or 0) >= TARGET_VS_COUNT),
-                       note=f"{mix}; bare confluent loop {bare}/s "
-                            f"(worker = {one / bare:.3f}x bare)" if bare else mix))
+                       note=f"{mix}; bare confluent loop {bare}/s (worker = "
+                            f"{one / bare:.3f}x bare); per CPU-second: worker "
+                            f"{_capacity(result, 'worker1')}, counting agent "
+                            f"{_capacity(result, 'count')}" if bare else mix))
     else:
         out.append(not_run_row("pairing", "events/s per worker", "worker run incomplete",
                                ">= 5,000/s and >= 0.5x counting Faust agent"))
@@ -436,11 +443,20 @@ def rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _capacity(result: dict[str, Any], name: str) -> float | None:
+    """Events per CPU-second of the process (1e6 / CPU us per event): what one worker does on a
+    core of its own, whatever else the machine was doing."""
+    part = result.get(name) or {}
+    cpu = part.get("cpu_us_per_event")
+    return round(1e6 / cpu) if cpu and part.get("complete") else None
+
+
 def print_table(result: dict[str, Any]) -> None:
-    count = _rate(result, "count")
-    bare = _rate(result, "bare")
+    count, bare = _rate(result, "count"), _rate(result, "bare")
+    count_cap = _capacity(result, "count")
     print()
-    print(f"{'run':34} {'events/s':>10} {'vs count':>9} {'vs bare':>8} {'cpu us/ev':>10}")
+    print(f"{'run':30} {'events/s':>10} {'vs count':>9} {'vs bare':>8} {'cpu us/ev':>10} "
+          f"{'ev/cpu-s':>9} {'vs count':>9}")
     for name, label in (("bare", "(a) bare confluent loop"), ("count", "(b) Faust counting agent"),
                         ("worker1", "(c) trovemeter worker x1"),
                         ("worker2", "(c) trovemeter worker x2")):
@@ -451,8 +467,12 @@ def print_table(result: dict[str, Any]) -> None:
         vs_count = f"{rate / count:.3f}" if rate and count else "-"
         vs_bare = f"{rate / bare:.3f}" if rate and bare else "-"
         cpu = part.get("cpu_us_per_event", "-")
+        capacity = _capacity(result, name)
+        cap_vs = f"{capacity / count_cap:.3f}" if capacity and count_cap and name != "worker2" \
+            else "-"
         shown = f"{rate:,}" if rate else "INCOMPLETE"
-        print(f"{label:34} {shown:>10} {vs_count:>9} {vs_bare:>8} {cpu!s:>10}")
+        print(f"{label:30} {shown:>10} {vs_count:>9} {vs_bare:>8} {cpu!s:>10} "
+              f"{capacity or '-':>9} {cap_vs:>9}")
     one, two = _rate(result, "worker1"), _rate(result, "worker2")
     if one and two:
         print(f"two workers / one worker: {two / one:.2f}x")

@@ -2,7 +2,7 @@
 
 Same app settings as the worker where they matter (memory store, at-least-once, raw values,
 concurrency 1, aiokafka's debug logging off); it reports the wall-clock times of its first and
-N-th event as one JSON record on ``COUNT_OUT``.
+N-th event, and the process CPU time between them, as one JSON record on ``COUNT_OUT``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ app = faust.App(
 source = app.topic(os.environ["COUNT_SOURCE"], key_type=bytes, value_type=bytes,
                    key_serializer="raw", value_serializer="raw")
 out = app.topic(os.environ["COUNT_OUT"], key_serializer="raw", value_serializer="raw")
-state = {"n": 0, "first": 0.0}
+state = {"n": 0, "first": 0.0, "cpu": 0.0}
 
 
 @app.agent(source, concurrency=1)
@@ -39,7 +39,8 @@ async def count(stream):  # type: ignore[no-untyped-def]
         state["n"] += 1
         if state["n"] == 1:
             state["first"] = time.time()
+            state["cpu"] = time.process_time()
         if state["n"] == N:
-            last = time.time()
-            await out.send(value=json.dumps({"n": N, "first": state["first"],
-                                             "last": last}).encode())
+            last, cpu = time.time(), time.process_time() - state["cpu"]
+            await out.send(value=json.dumps({"n": N, "first": state["first"], "last": last,
+                                             "cpu": cpu}).encode())

@@ -294,7 +294,11 @@ async def pairing(stream: Any) -> None:
                 outbox.stats["undecodable"] += 1
                 log.warning("skipping undecodable forwarded record: %s", exc)
                 continue
-            shell.on_notification(n, partition)
+            try:
+                shell.on_notification(n, partition)
+            except Exception:  # noqa: BLE001 - see streams/resource_agent.py
+                outbox.stats["handler_errors"] += 1
+                log.exception("pairing failed on %s (message %s)", n.event_type, n.message_id)
         shell.sweep(partition)
 
 

@@ -154,4 +154,13 @@ async def notifications(stream: Any) -> None:
         observe(n.occurred_at)
         partition = event.message.partition
         for handler in handlers:
-            handler.handle(n, raw, partition)
+            try:
+                handler.handle(n, raw, partition)
+            except Exception:  # noqa: BLE001 - one bad event must not stop every other one
+                # A bug or an input the pure core cannot take: logged with what identifies the
+                # record, counted (/status/), and the other handlers still run. Raising would
+                # make Faust restart the agent and ack the event anyway.
+                outbox.stats["handler_errors"] += 1
+                log.exception("%s failed on %s (message %s, %s[%s]@%s)",
+                              type(handler).__name__, n.event_type, n.message_id,
+                              event.message.topic, partition, event.message.offset)

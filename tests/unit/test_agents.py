@@ -269,6 +269,24 @@ def test_source_agent_skips_undecodable_records(producer: FakeProducer) -> None:
     assert resources.get("inst-3") is not None
 
 
+def test_a_failing_handler_does_not_stop_the_others(producer: FakeProducer) -> None:
+    from streams.resource_agent import source_handlers
+
+    class Broken:
+        def handle(self, n: Notification, raw: bytes, partition: int) -> None:
+            raise RuntimeError("bug")
+
+    audit = note(Phase.POINT, 5, operation="exists", resource_id="inst-5",
+                 payload={"state": "active"})
+    source_handlers.insert(0, Broken())
+    try:
+        run(lambda: feed_source(audit, audit))
+    finally:
+        source_handlers.pop(0)
+    assert outbox.stats["handler_errors"] == 2
+    assert resources.get("inst-5") is not None
+
+
 def test_owned_pairing_partition_is_paired_without_the_topic(producer: FakeProducer) -> None:
     forwarder.owned = {0, 1, 2, 3}
     start = note(Phase.START, 0, request_id="r-3", payload={"flavor_id": "7"})
