@@ -266,6 +266,7 @@ class Background:
         with self.log_path.open("ab") as log:
             log.write(f"\n--- {datetime.now(UTC).isoformat()} {' '.join(self.argv)}\n".encode())
             log.flush()
+            self.log_offset = log.tell()
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, cwd=ROOT, env=self.env,
                                             start_new_session=True)
@@ -274,6 +275,14 @@ class Background:
 
     def exited(self) -> int | None:
         return None if self.process is None else self.process.poll()
+
+    def log_since_start(self) -> str:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(getattr(self, "log_offset", 0))
+                return log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -324,6 +333,33 @@ def wait_until(check: Any, what: str, process: Background, timeout: float) -> An
         time.sleep(0.2)
     raise StartupFailed(f"{what} not ready within {timeout:.0f}s; see {process.log_path}:\n"
                         f"{process.log_tail()}")
+
+
+_WORKER_READY = "[^Worker]: Ready"
+_MISSING_TOPIC = "Ignoring missing topic"
+
+
+def ensure_worker_subscribed(worker: Background, timeout: float = 90.0) -> Background:
+    """Wait until the worker says it is ready; if it started without some of its own topics
+    (Faust logs "Ignoring missing topic" when a topic it has just created is not in the cluster
+    metadata yet, seen on the first start against a brand-new Kafka: its agents then never get
+    those partitions), restart it once, with the same app id: the topics exist by then."""
+    for attempt in (1, 2):
+        wait_until(lambda: _WORKER_READY in worker.log_since_start(), "the worker (Faust ready)",
+                   worker, timeout)
+        missing = sorted({line.split(_MISSING_TOPIC, 1)[1].strip(" :'\"")
+                          for line in worker.log_since_start().splitlines()
+                          if _MISSING_TOPIC in line})
+        if not missing:
+            return worker
+        if attempt == 2:
+            raise StartupFailed(f"the worker started twice without its topics {missing}; see "
+                                f"{worker.log_path}")
+        _say(f"the worker started without its topics {', '.join(missing)} (not in Kafka's "
+             "metadata yet, right after it created them); restarting it once")
+        worker.stop()
+        worker = Background(worker.name, worker.argv, worker.log_path.parent, worker.env).start()
+    return worker
 
 
 # ---------------------------------------------------------------------------- Kafka side
@@ -723,6 +759,13 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
             "the shovel (/healthz)", shovel, 60)
         wait_until(lambda: _http_get(f"{base_url}/")[0] < 500, "the worker's web server",
                    worker, 90)
+    except (StartupFailed, KeyboardInterrupt) as exc:
+        print(f"trovemeter demo: {exc or 'interrupted'}", file=sys.stderr)
+        shovel.stop()
+        worker.stop()
+        return 1 if isinstance(exc, StartupFailed) else 130
+    try:
+        worker = ensure_worker_subscribed(worker)
     except (StartupFailed, KeyboardInterrupt) as exc:
         print(f"trovemeter demo: {exc or 'interrupted'}", file=sys.stderr)
         shovel.stop()
