@@ -716,7 +716,8 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
         from connectors.topic_reader import commit_group_offsets, end_offsets
 
         kafka = settings.kafka_client_config()  # bootstrap + TLS/SASL (trovemeter.security)
-        ensure_topics(kafka, names.specs())
+        # log_level 0: librdkafka's goodbye lines would otherwise end up under the summary.
+        ensure_topics({**kafka, "log_level": 0}, names.specs())
         delete_queue(settings.rabbit_parameters(), args.queue)
         start_offsets = end_offsets(kafka, names.watched)
         commit_group_offsets(kafka, app_id, start_offsets)
