@@ -8,7 +8,9 @@ returns: ``OperationCompleted`` to trove.operations, ``OperationError`` to trove
 its ``OperationCompleted``). The shovel keys records by resource id, so a create's start (no
 resource id yet: keyed by request id) and its end (keyed by the new instance id) arrive on
 different source partitions; the repartition by join key brings them to one partition, on one
-worker, however many workers there are.
+worker, however many workers there are. When the worker that reads the notification owns its
+pairing partition, it pairs it at once instead (``PairingForwarder``): same partition, same
+state, same records; with one worker nothing takes the topic.
 
 Why an explicit topic and not ``group_by``: ``group_by`` sends one record per event through
 Faust's producer (~150-200 us each here) and makes the second agent pay Faust's per-event cost
