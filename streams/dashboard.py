@@ -12,8 +12,8 @@ first request, so a worker nobody looks at pays nothing. Reading the topics rath
 agents' tables keeps the page independent of how the agents keep their state: it shows exactly
 what downstream consumers receive.
 
-Registered on import: the worker imports this module (``streams/app.py``), or
-``trovemeter demo`` starts the worker with it.
+Registered on import: ``streams/app.py`` autodiscovers every module of the ``streams`` package,
+so `trovemeter worker` serves the dashboard without further wiring.
 """
 
 from __future__ import annotations

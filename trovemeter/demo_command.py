@@ -88,11 +88,16 @@ class DemoTopics:
                 "TROVEMETER_RESOURCES_TOPIC": self.name(topics.RESOURCES),
                 "TROVEMETER_USAGE_TOPIC": self.name(topics.USAGE),
                 "TROVEMETER_USAGE_DISCREPANCIES_TOPIC": self.name(topics.USAGE_DISCREPANCIES)}
+
+
 DEMO_APP_PREFIX = "trovemeter-demo-"
-# The worker, with the dashboard registered whether or not streams/app.py imports it yet.
-# sys.argv as `trovemeter worker ...` would have it, in case the worker hands it to Faust.
-WORKER_SHIM = ("import sys, streams.dashboard; from trovemeter.cli import main; "
-               "sys.argv = ['trovemeter', 'worker', *sys.argv[1:]]; sys.exit(main(sys.argv[1:]))")
+
+
+def worker_argv(web_port: int) -> list[str]:
+    """`trovemeter worker`, as a user starts it: the dashboard comes with it (streams/app.py
+    autodiscovers every module of the streams package, streams/dashboard.py included)."""
+    return [str(Path(sys.executable).with_name("trovemeter")), "worker", "--web-port",
+            str(web_port)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -730,14 +735,13 @@ def _run(args: argparse.Namespace) -> int:  # noqa: C901, PLR0912, PLR0915 - one
         return 1
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    executable = str(Path(sys.executable))
     trovemeter_bin = str(Path(sys.executable).with_name("trovemeter"))
     shovel = Background("shovel", [trovemeter_bin, "shovel", "--queue", args.queue,
                                    "--exchanges", args.exchange,
                                    "--metrics-port", str(args.metrics_port),
                                    "--topic", names.notifications, "--dlq-topic", names.dlq],
                         run_dir, env)
-    worker = Background("worker", [executable, "-c", WORKER_SHIM, "--web-port", str(web_port)],
+    worker = Background("worker", worker_argv(web_port),
                         run_dir, dict(env, TROVEMETER_APP_ID=app_id,
                                       TROVEMETER_WEB_PORT=str(web_port), **names.worker_env()))
     base_url = f"http://127.0.0.1:{web_port}"

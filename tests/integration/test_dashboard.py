@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,7 +53,7 @@ class Worker:
 
     def __init__(self, bootstrap: str, log_path: Path) -> None:
         from connectors.kafka_admin import ensure_topics
-        from trovemeter.demo_command import WORKER_SHIM, DemoTopics
+        from trovemeter.demo_command import DemoTopics, worker_argv
 
         self.app_id = f"test-dashboard-{uuid.uuid4().hex[:8]}"
         # Own copies of trovemeter's topics: nothing else feeds this worker or its dashboard.
@@ -65,8 +64,7 @@ class Worker:
         env = dict(os.environ, TROVEMETER_APP_ID=self.app_id, TROVEMETER_WEB_PORT=str(self.port),
                    PYTHONUNBUFFERED="1", **self.topics.worker_env())
         with log_path.open("wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-c", WORKER_SHIM, "--web-port",
-                                             str(self.port)], stdout=log,
+            self.process = subprocess.Popen(worker_argv(self.port), stdout=log,
                                             stderr=subprocess.STDOUT, cwd=ROOT, env=env)
 
     @property
