@@ -5,12 +5,13 @@ actors commits across gaps, faust-pitfalls #606/#312):
 
 | agent | reads | keyed by | writes |
 |---|---|---|---|
-| ``notifications`` (streams/resource_agent.py) | trove.notifications | resource id (shovel) | table resources, trove.resources, batches to ``<app id>-pairing`` |
+| ``notifications`` (streams/resource_agent.py) | trove.notifications | resource id (shovel) | table resources, trove.resources, batches to ``<app id>-pairing``; usage (streams/usage_agent.py): tables metering, usage_clock, usage_ledger, trove.usage, trove.usage.discrepancies |
 | ``pairing`` (streams/pairing_agent.py) | ``<app id>-pairing`` | join key (``pairing_partition``) | tables open_operations, recent_operations, trove.operations, trove.errors |
 | ``count_errors`` (streams/error_agent.py) | trove.errors | tenant id | table error_counts |
 
 Timers: ``send_ticks`` (event time to every pairing partition), ``checkpoint`` (staged table
-changes to their changelogs once the outputs they caused are confirmed).
+changes to their changelogs once the outputs they caused are confirmed), ``usage_ticks``
+(re-sends ticks that found a source partition busy, streams/usage_agent.py).
 
 Lifecycle (the outbox's guarantees depend on these, see streams/outbox.py):
 
@@ -37,7 +38,18 @@ from streams.app import app, settings
 from streams.error_agent import count_errors
 from streams.pairing_agent import forwarder, pairing, recent, shell
 from streams.resource_agent import notifications, resource_state
-from streams.tables import STAGED_TABLES, error_counts, open_operations, outbox, recent_operations, resources
+from streams.usage_agent import usage
+from streams.tables import (
+    STAGED_TABLES,
+    error_counts,
+    metering,
+    open_operations,
+    outbox,
+    recent_operations,
+    resources,
+    usage_clock,
+    usage_ledger,
+)
 from streams.topics import PAIRING_TOPIC
 
 log = logging.getLogger("trovemeter.streams")
@@ -50,6 +62,9 @@ _TABLE_SOURCE = {
     open_operations.name: PAIRING_TOPIC,
     recent_operations.name: PAIRING_TOPIC,
     error_counts.name: settings.errors_topic,
+    metering.name: settings.source_topic,
+    usage_clock.name: settings.source_topic,
+    usage_ledger.name: settings.source_topic,
 }
 
 
@@ -97,6 +112,7 @@ async def _drop_revoked(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
     shell.forget({tp.partition for tp in gone if tp.topic == PAIRING_TOPIC})
     recent.forget({tp.partition for tp in gone if tp.topic == PAIRING_TOPIC})
     resource_state.forget_index()
+    usage.forget({tp.partition for tp in gone if tp.topic == settings.source_topic})
 
 
 def _on_recover(table: Any) -> Any:
@@ -108,6 +124,8 @@ def _on_recover(table: Any) -> Any:
             recent.forget()
         elif table is resources:
             resource_state.forget_index()
+        elif table is metering:
+            usage.forget_index()
 
     return recovered
 

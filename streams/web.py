@@ -8,6 +8,7 @@
 | ``/resources/{resource_id}/`` | one resource's state (404 if unknown) |
 | ``/tenants/{tenant_id}/resources/`` | a tenant's resources |
 | ``/status/`` | this worker: assignment, recovery, event time, outbox counters |
+| ``/usage/tenants/{tenant_id}/?start=&end=`` | a tenant's usage over a period (streams/usage_web.py) |
 
 Datetimes are ISO 8601 (UTC). Nothing from notification payloads is served beyond the fields of
 the output records (payloads are redacted anyway).
@@ -40,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from streams.agents import resource_state, shell
+from streams.agents import resource_state, shell, usage
 from streams.app import app, settings
 from streams.pairing_agent import policy
 from streams.resource_agent import source_clock
@@ -172,6 +173,7 @@ def local_status() -> dict[str, Any]:
         "source_event_time": source_clock.now.isoformat() if source_clock.now else None,
         "pairing_event_time": {str(p): t.isoformat() for p, t in sorted(shell.event_time.items())},
         "tables": {table.name: len(table) for table in STAGED_TABLES},
+        "usage": usage.snapshot(),
         "outbox": outbox.snapshot(),
     }
 

@@ -120,11 +120,22 @@ class WorkerSettings(CommonSettings):
     usage_exists_tolerance_seconds: float = Field(
         60, ge=0, description="Exists audit vs lifecycle seconds beyond this is a discrepancy"
     )
+    usage_idle_partition_seconds: float = Field(
+        2.0, ge=0, description="A source partition without events for this long (and nothing "
+        "left to read) follows the other partitions' event time (ticks) to close its hours"
+    )
+    usage_view_hours: int = Field(
+        48, ge=1, description="Hours of per-tenant usage totals kept for /usage/tenants/"
+    )
     # --- topics (defaults: trovemeter.topics; overridden by benchmarks and isolated tests) ---
     source_topic: str = Field("trove.notifications", description="Notifications the worker reads")
     operations_topic: str = Field("trove.operations", description="Finished operations")
     errors_topic: str = Field("trove.errors", description="Failed operations (also counted)")
     resources_topic: str = Field("trove.resources", description="Resource state (compacted)")
+    usage_topic: str = Field("trove.usage", description="Hourly usage records (compacted)")
+    usage_discrepancies_topic: str = Field(
+        "trove.usage.discrepancies", description="Exists audits that disagree with the lifecycle"
+    )
     # --- pairing (trovemeter.pairing.PairingPolicy; all in event time) ---
     operation_timeouts: str = Field(
         "", description="Per-operation timeouts over the defaults, seconds: "

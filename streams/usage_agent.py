@@ -1,0 +1,393 @@
+"""Usage metering (issue #6): ``trovemeter.accrual`` inside the source agent -> trove.usage
+(``topics.USAGE``, setting ``usage_topic``) and trove.usage.discrepancies (setting
+``usage_discrepancies_topic``).
+
+``UsageMeter`` is a source handler (``streams/resource_agent.py``): the source agent decodes each
+notification once and hands it to resource state, the pairing forwarder and this, on the
+partition of trove.notifications it arrived on. trove.notifications is keyed by resource id, so
+a resource's state is read and written on that partition, with no repartition.
+
+Tables (``streams/tables.py``, written through the outbox with explicit partitions)
+-----------------------------------------------------------------------------------
+| table | key | value |
+|---|---|---|
+| ``metering`` | resource id (instances, backups) | ``MeteredResource`` as compact JSON bytes (``accrual.to_dict``: the same JSON as ``encode_state``) |
+| ``usage_clock`` | source partition (``"0"``, ``"1"``, ...) | the partition's watermark, microseconds since the epoch |
+| ``usage_ledger`` | ``<tenant id>|<source partition>`` | hourly totals of the latest record versions per meter and flavor, the last ``usage_view_hours`` hours |
+
+Values are kept as bytes (~0.5 KB per resource; the decoded object is ~4x larger), decoded
+for each event of their resource and encoded again only when ``accrual`` returns a new state.
+Notifications that carry no billing facts (starts and errors: see the accrual docstring) are
+not even decoded against the state.
+
+Per notification
+----------------
+1. the partition's watermark moves to ``occurred_at`` if later (monotonic, capped at the wall
+   clock + ``pairing_max_clock_skew_seconds`` like the source clock; persisted in
+   ``usage_clock``);
+2. ``step = accrual.apply(state, notification, watermark, policy)`` for instances and backups;
+   ``step.records`` -> trove.usage keyed by ``record_id``, ``step.discrepancies`` ->
+   trove.usage.discrepancies keyed by ``discrepancy_id`` (codec schema-name header and a
+   ``trovemeter.record_id`` header); the key is written when ``step.state is not state`` and
+   deleted when ``step.state`` is None;
+3. the sweep: when ``floor_hour(watermark - allowed_lateness)`` moved, ``accrual.advance`` for
+   every key of the partition, so that hours without events get their usage too.
+
+Writes to other keys than the event's during the sweep are safe because every write names its
+partition explicitly (``StagedTable.put(partition, ...)``, the outbox); Faust's own table
+writes would go to the *current event's* partition (``Collection.partition_for_key``), which
+for a sweep over one partition's keys is the same partition anyway.
+
+Quiet partitions: ticks
+-----------------------
+A partition that receives no events does not move its watermark by itself. The pairing agent
+calls ``on_tick(partition, event_time)`` for every tick it receives (``streams/pairing_agent.py``:
+every second each worker sends its source event time to every pairing partition; the same
+worker owns partition *p* of the pairing and the source topic). A tick moves the watermark only
+of a source partition that is **idle**: no event for ``usage_idle_partition_seconds`` and, when
+the consumer knows it, nothing left to read (the last offset processed here + 1 >= the
+partition's high watermark). A partition that is merely behind -- a worker catching up, a
+replay, Kafka handing out another partition's backlog first -- closes its hours with its own
+events, never with the event time of faster partitions: otherwise its events would arrive
+"late" and become corrections, or, beyond the correction retention, be dropped. A tick that
+finds its partition busy is kept, and re-sent to that pairing partition by ``usage_ticks`` every
+``tick_interval_seconds`` until the partition is idle (the pairing agent's own ticks stop once
+event time stops moving).
+
+Usage view
+----------
+``usage_ledger`` holds, per tenant and source partition, the sum of the latest version of each
+record per hour, meter and flavor (a correction replaces its predecessor's quantity: the delta
+is computed from the state before the correction). ``streams/usage_web.py`` serves it with the
+per-resource lines computed from the ``metering`` states this worker holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+import orjson
+from faust.streams import current_event
+from faust.types import TP
+
+from streams.app import app, settings
+from streams.resource_agent import source_clock, source_handlers
+from streams.tables import metering, outbox, usage_clock, usage_ledger
+from streams.topics import PAIRING_TOPIC, pack_tick
+from trovemeter.accrual import (
+    HOUR_US,
+    METERED_TYPES,
+    AccrualPolicy,
+    MeteredResource,
+    Step,
+    advance,
+    apply,
+    from_dict,
+    from_us,
+    to_dict,
+    to_us,
+)
+from trovemeter.codec import encode, header_for
+from trovemeter.model import Notification, Phase, UsageDiscrepancy, UsageRecord
+from trovemeter.usage_ledger import TenantLedger, line_of
+
+log = logging.getLogger("trovemeter.streams")
+
+RECORD_ID_HEADER = "trovemeter.record_id"
+USAGE_HEADER = header_for(UsageRecord)
+DISCREPANCY_HEADER = header_for(UsageDiscrepancy)
+# Starts and errors never carry billing facts (accrual: facts come from ends and usage
+# notifications); exists audits are point events, named here as well to be safe.
+_NO_FACTS = frozenset({Phase.START, Phase.ERROR})
+
+
+def load_state(raw: bytes) -> MeteredResource:
+    """``accrual.decode_state`` with orjson (several times faster than json, same JSON)."""
+    return from_dict(orjson.loads(raw))
+
+
+def dump_state(state: MeteredResource) -> bytes:
+    """``accrual.encode_state`` with orjson: the same compact JSON."""
+    return orjson.dumps(to_dict(state))
+
+
+def hour_floor(us: int) -> int:
+    return us - us % HOUR_US
+
+
+def records_between(state: MeteredResource, start_us: int, end_us: int,
+                    policy: AccrualPolicy) -> tuple[UsageRecord, ...]:
+    """The records of ``state`` for the hours starting in [start_us, end_us) (hour-aligned), as
+    ``accrual`` emits them (latest content; every version numbered 1). Only ``advance``, the
+    public API: a copy of the state that has emitted nothing after ``start_us`` is advanced to a
+    watermark that closes exactly ``end_us``."""
+    if end_us <= start_us:
+        return ()
+    probe = replace(state, emitted_through=start_us, versions=())
+    return advance(probe, from_us(end_us + policy.lateness_us), policy).records
+
+
+class UsageMeter:
+    """Source handler: accrual per notification, the watermark and sweep of each partition."""
+
+    def __init__(self, policy: AccrualPolicy, usage_topic: str, discrepancies_topic: str, *,
+                 idle_seconds: float, view_hours: int) -> None:
+        self.policy = policy
+        self.usage_topic = usage_topic
+        self.discrepancies_topic = discrepancies_topic
+        self.idle_seconds = idle_seconds
+        self.view_hours = view_hours
+        self._lateness = policy.lateness_us
+        self._watermarks: dict[int, int] = {}  # partition -> watermark (us), cached
+        self._swept: dict[int, int] = {}  # partition -> closed_through of its last sweep
+        self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
+        self._offsets: dict[int, int] = {}  # partition -> last offset processed
+        self._pending: dict[int, datetime] = {}  # partition -> a tick it was too busy for
+        self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
+        self.stats: dict[str, int] = {"applied": 0, "sweeps": 0, "swept_keys": 0,
+                                      "records": 0, "corrections": 0, "discrepancies": 0,
+                                      "rejected": 0}
+
+    # ------------------------------------------------------------- per notification
+    def handle(self, n: Notification, raw: bytes, partition: int) -> None:
+        self._last_event[partition] = time.monotonic()
+        event = current_event()
+        if event is not None:
+            self._offsets[partition] = event.message.offset
+        watermark = self._observe(partition, to_us(source_clock.capped(n.occurred_at)))
+        rid = n.resource_id
+        if rid and n.resource_type in METERED_TYPES and (
+                n.phase not in _NO_FACTS or n.operation == "exists"):
+            raw_state = metering.get(rid)
+            state = None if raw_state is None else self._load(rid, raw_state)
+            try:
+                step = apply(state, n, from_us(watermark), self.policy)
+            except ValueError as exc:  # e.g. one id used by an instance and a backup
+                self.stats["rejected"] += 1
+                log.warning("usage: notification %s not applied: %s", n.message_id, exc)
+                step = Step(state)
+            self.stats["applied"] += 1
+            self._commit(partition, rid, state, step)
+        self._maybe_sweep(partition, watermark)
+
+    # ------------------------------------------------------------- ticks
+    def on_tick(self, partition: int, event_time: datetime) -> None:
+        """A pairing tick for pairing partition ``partition`` = source partition ``partition``."""
+        moment = to_us(event_time)
+        current = self._watermark(partition)
+        if current is not None and moment <= current:
+            self._pending.pop(partition, None)
+            return
+        if not self._idle(partition):
+            pending = self._pending.get(partition)
+            if pending is None or event_time > pending:
+                self._pending[partition] = event_time
+            return
+        self._pending.pop(partition, None)
+        self._maybe_sweep(partition, self._observe(partition, moment))
+
+    def pending_ticks(self) -> list[tuple[int, datetime]]:
+        return sorted(self._pending.items())
+
+    def _idle(self, partition: int) -> bool:
+        now = time.monotonic()
+        last = self._last_event.setdefault(partition, now)  # a new partition: wait first
+        if now - last < self.idle_seconds:
+            return False
+        offset = self._offsets.get(partition)
+        if offset is None:
+            return True
+        consumer = getattr(app, "_consumer", None)  # not ``app.consumer``: that creates one
+        if consumer is None:
+            return True
+        try:
+            highwater = consumer.highwater(TP(settings.source_topic, partition))
+        except Exception:  # noqa: BLE001 - consumer not started, partition not fetched yet
+            return True
+        return highwater is None or offset + 1 >= highwater
+
+    # ------------------------------------------------------------- watermark and sweep
+    def _watermark(self, partition: int) -> int | None:
+        watermark = self._watermarks.get(partition)
+        if watermark is None:
+            watermark = usage_clock.get(str(partition))
+            if watermark is not None:
+                self._watermarks[partition] = watermark
+        return watermark
+
+    def _observe(self, partition: int, moment: int) -> int:
+        current = self._watermark(partition)
+        if current is not None and moment <= current:
+            return current
+        self._watermarks[partition] = moment
+        usage_clock.put(partition, str(partition), moment)
+        return moment
+
+    def _maybe_sweep(self, partition: int, watermark: int) -> None:
+        closed = hour_floor(watermark - self._lateness)
+        swept = self._swept.get(partition)
+        if swept is not None and closed <= swept:
+            return
+        # First sight of the partition here (start-up, rebalance): sweep once, so that a sweep
+        # cut short by a crash (states not all advanced) is finished.
+        self._swept[partition] = closed
+        self.sweep(partition, from_us(watermark))
+
+    def sweep(self, partition: int, watermark: datetime) -> None:
+        """``advance`` every key of ``partition`` to ``watermark``."""
+        t = time.monotonic()
+        count = 0
+        for key, raw in metering.local_items({partition}):
+            state = self._load(key, raw)
+            if state is None:
+                continue
+            self._commit(partition, key, state, advance(state, watermark, self.policy))
+            count += 1
+        self.stats["sweeps"] += 1
+        self.stats["swept_keys"] += count
+        if count:
+            log.info("usage: partition %d swept to %s: %d keys in %.2fs", partition,
+                     watermark.isoformat(), count, time.monotonic() - t)
+
+    # ------------------------------------------------------------- effects
+    def _load(self, key: str, raw: bytes) -> MeteredResource | None:
+        try:
+            return load_state(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("usage: state of %s unreadable, starting over: %s", key, exc)
+            return None
+
+    def _commit(self, partition: int, key: str, state: MeteredResource | None,
+                step: Step) -> None:
+        new = step.state
+        if new is None:
+            if state is not None:
+                metering.delete(partition, key)
+        elif new is not state:
+            metering.put(partition, key, dump_state(new))
+            if self._tenants is not None and new.tenant_id and (
+                    state is None or state.tenant_id != new.tenant_id):
+                self._tenants.setdefault(new.tenant_id, set()).add(key)
+        if step.records:
+            self._emit(partition, state, step.records)
+        for found in step.discrepancies:
+            outbox.emit(self.discrepancies_topic, encode(found), found.discrepancy_id,
+                        headers=[DISCREPANCY_HEADER,
+                                 (RECORD_ID_HEADER, found.discrepancy_id.encode())])
+            self.stats["discrepancies"] += 1
+
+    def _emit(self, partition: int, before: MeteredResource | None,
+              records: Iterable[UsageRecord]) -> None:
+        emitted_through = None if before is None else before.emitted_through
+        previous: dict[int, dict[str, float]] = {}  # corrected hour -> record id -> quantity
+        for record in records:
+            outbox.emit(self.usage_topic, encode(record), record.record_id,
+                        headers=[USAGE_HEADER, (RECORD_ID_HEADER, record.record_id.encode())])
+            self.stats["records"] += 1
+            hour = to_us(record.window_start)
+            old = 0.0
+            if emitted_through is not None and hour < emitted_through:
+                # A correction: what the ledger holds for this record is what ``before``
+                # gives for its hour.
+                assert before is not None
+                self.stats["corrections"] += 1
+                quantities = previous.get(hour)
+                if quantities is None:
+                    quantities = previous[hour] = {
+                        r.record_id: r.quantity
+                        for r in records_between(before, hour, hour + HOUR_US, self.policy)}
+                old = quantities.get(record.record_id, 0.0)
+            self._account(partition, record, record.quantity - old)
+
+    def _account(self, partition: int, record: UsageRecord, delta: float) -> None:
+        key = f"{record.tenant_id}|{partition}"
+        ledger = usage_ledger.get(key)
+        if ledger is None:
+            ledger = TenantLedger()
+        changed = False
+        if delta:
+            changed = ledger.add(to_us(record.window_start),
+                                 line_of(record.meter, record.flavor_id), delta, self.view_hours)
+        if record.flavor_id and record.flavor_name and \
+                ledger.names.get(record.flavor_id) != record.flavor_name:
+            ledger.names[record.flavor_id] = record.flavor_name
+            changed = True
+        if changed:
+            # In place: the staged value is serialised at the checkpoint. Ledger updates are
+            # idempotent per record version, so a changelog record that already includes a
+            # later output than its epoch's is harmless after a replay.
+            usage_ledger.put(partition, key, ledger)
+
+    # ------------------------------------------------------------- views
+    def closed_through(self) -> dict[int, int]:
+        """Per source partition held here: every hour starting before this is closed."""
+        return {p: hour_floor(w - self._lateness) for p, w in self._watermarks.items()}
+
+    def tenant_resources(self, tenant_id: str) -> Iterator[tuple[str, MeteredResource]]:
+        """The metering states of ``tenant_id``'s resources held here (index built on use)."""
+        if self._tenants is None:
+            index: dict[str, set[str]] = {}
+            for key, raw in metering.local_items():
+                tenant = orjson.loads(raw).get("tenant")
+                if tenant:
+                    index.setdefault(tenant, set()).add(key)
+            self._tenants = index
+        for key in sorted(self._tenants.get(tenant_id, ())):
+            raw = metering.get(key)
+            state = None if raw is None else self._load(key, raw)
+            if state is not None and state.tenant_id == tenant_id:
+                yield key, state
+
+    def ledgers(self, tenant_id: str) -> Iterator[TenantLedger]:
+        prefix = f"{tenant_id}|"
+        for key, ledger in usage_ledger.local_items():
+            if key.startswith(prefix):
+                yield ledger
+
+    # ------------------------------------------------------------- rebalances
+    def forget(self, partitions: Iterable[int] | None = None) -> None:
+        """Partitions that left this worker (None: all): their cached clock and sweep marks."""
+        for cache in (self._watermarks, self._swept, self._last_event, self._offsets,
+                      self._pending):
+            if partitions is None:
+                cache.clear()
+            else:
+                for partition in partitions:
+                    cache.pop(partition, None)
+        self._tenants = None
+
+    def forget_index(self) -> None:
+        """After recovery: rebuild the tenant index on next use."""
+        self._tenants = None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.stats,
+                "watermarks": {str(p): from_us(w).isoformat()
+                               for p, w in sorted(self._watermarks.items())},
+                "pending_ticks": len(self._pending)}
+
+
+policy = AccrualPolicy.from_settings(settings)
+usage = UsageMeter(policy, settings.usage_topic, settings.usage_discrepancies_topic,
+                   idle_seconds=settings.usage_idle_partition_seconds,
+                   view_hours=settings.usage_view_hours)
+source_handlers.append(usage)
+
+
+def send_pending_ticks() -> int:
+    """Re-send the ticks that found their source partition busy (see "Quiet partitions") to
+    that pairing partition; returns how many."""
+    pending = usage.pending_ticks()
+    for partition, moment in pending:
+        outbox.emit(PAIRING_TOPIC, pack_tick(moment), partition=partition)
+    return len(pending)
+
+
+@app.timer(interval=settings.tick_interval_seconds)
+async def usage_ticks() -> None:
+    send_pending_ticks()

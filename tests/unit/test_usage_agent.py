@@ -1,0 +1,384 @@
+"""Usage metering in the worker without a broker: the source agent through Faust's
+``agent.test_context()`` (memory store), ticks through the pairing agent, the outbox's producer
+replaced by the fake of test_agents.py that records what would be produced.
+
+Checked here is the shell around ``trovemeter.accrual`` (tested itself in test_accrual.py): what
+reaches trove.usage / trove.usage.discrepancies (key, headers), when table ``metering`` is
+written or deleted, the per-partition watermark, the sweep of a partition's keys, ticks for
+quiet partitions only, the ledger behind the usage view and the view's answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from streams import usage_web
+from streams.agents import usage
+from streams.app import settings
+from streams.pairing_agent import forwarder, recent, shell
+from streams.resource_agent import resource_state, source_clock
+from streams.tables import STAGED_TABLES, metering, outbox, usage_clock, usage_ledger
+from streams.topics import PAIRING_TOPIC, pack_batch, pack_tick, tick_time
+from streams.usage_agent import dump_state, load_state, records_between, send_pending_ticks
+from tests.unit.test_agents import FakeProducer, Produced, feed_pairing, feed_source, run
+from trovemeter.accrual import (
+    EXISTS_SECONDS,
+    INSTANCE_SECONDS,
+    VOLUME_GB_SECONDS,
+    decode_state,
+    encode_state,
+    latest_versions,
+)
+from trovemeter.codec import SCHEMA_NAME_HEADER, decode
+from trovemeter.model import (
+    DiscrepancyCause,
+    Notification,
+    Phase,
+    ResourceType,
+    UsageDiscrepancy,
+    UsageRecord,
+)
+from trovemeter.usage_ledger import TenantLedger, line_of, merge_parts, to_us, view_part
+
+# Two days ago, on an hour: event time is capped near the wall clock.
+T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+HOUR = 3600
+USAGE = settings.usage_topic
+DISCREPANCIES = settings.usage_discrepancies_topic
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def note(event_type: str, phase: Phase, seconds: float, resource_id: str, *,
+         operation: str, tenant: str = "tenant-a",
+         resource_type: ResourceType = ResourceType.INSTANCE, **payload: Any) -> Notification:
+    return Notification(
+        message_id=str(uuid.uuid4()), event_type=event_type, resource_type=resource_type,
+        operation=operation, phase=phase, publisher_id="taskmanager.host2", priority="INFO",
+        occurred_at=at(seconds), request_id=f"req-{uuid.uuid4()}", resource_id=resource_id,
+        tenant_id=tenant, user_id="user-1", payload={"tenant_id": tenant, **payload})
+
+
+def create_end(iid: str, seconds: float, flavor: str = "2", volume: int = 10,
+               tenant: str = "tenant-a") -> Notification:
+    return note("dbaas.instance_create.end", Phase.END, seconds, iid, operation="create",
+                tenant=tenant, instance_id=iid, instance_type_id=flavor,
+                instance_type=f"m1.f{flavor}", volume_size=volume)
+
+
+def resize_end(iid: str, seconds: float, flavor: str) -> Notification:
+    return note("dbaas.instance_resize_instance.end", Phase.END, seconds, iid,
+                operation="resize_flavor", instance_id=iid, new_flavor_id=flavor)
+
+
+def delete_end(iid: str, seconds: float) -> Notification:
+    return note("dbaas.instance_delete.end", Phase.END, seconds, iid, operation="delete",
+                instance_id=iid)
+
+
+def restart_start(iid: str, seconds: float) -> Notification:
+    """No billing facts: moves event time only."""
+    return note("dbaas.instance_restart.start", Phase.START, seconds, iid, operation="restart",
+                instance_id=iid)
+
+
+def audit(iid: str, ending: float, flavor: str = "2") -> Notification:
+    return note("trove.instance.exists", Phase.POINT, ending + 60, iid, operation="exists",
+                instance_id=iid, instance_type_id=flavor, instance_type=f"m1.f{flavor}",
+                volume_size=10, launched_at=at(0).isoformat(),
+                audit_period_beginning=at(ending - HOUR).isoformat(),
+                audit_period_ending=at(ending).isoformat())
+
+
+@pytest.fixture()
+def producer() -> Iterator[FakeProducer]:
+    """A fresh worker: empty tables, no staged changes, no usage clock, a fake producer."""
+    fake = FakeProducer()
+    outbox.__init__(  # type: ignore[misc]
+        {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
+        forward_max_batch=settings.forward_max_batch, pack=pack_batch)
+    outbox.use_producer(fake)
+    for table in STAGED_TABLES:
+        table._data.clear()
+        table._partition_of.clear()
+    shell.event_time.clear()
+    shell._heaps.clear()
+    recent.forget()
+    resource_state.forget_index()
+    forwarder.owned = set()
+    source_clock.now = None
+    usage.forget()
+    usage.stats.update(dict.fromkeys(usage.stats, 0))
+    idle = usage.idle_seconds
+    yield fake
+    usage.idle_seconds = idle
+
+
+def records(fake: FakeProducer) -> list[UsageRecord]:
+    return [decode(r.value) for r in fake.on(USAGE)]
+
+
+def latest(fake: FakeProducer) -> dict[tuple[str, str, str, datetime], UsageRecord]:
+    """(resource, meter, flavor, window) -> the latest version written."""
+    return {(r.resource_id, r.meter, r.flavor_id or "", r.window_start): r
+            for r in latest_versions(records(fake)).values()}
+
+
+def headers(record: Produced) -> dict[str, bytes]:
+    return dict(record.headers or [])
+
+
+# ------------------------------------------------------------------ per notification
+
+
+def test_records_go_to_trove_usage_keyed_by_record_id_with_the_schema_header(
+        producer: FakeProducer) -> None:
+    run(lambda: feed_source(create_end("inst-1", 600), restart_start("inst-1", HOUR + 601),
+                            partition=1))
+
+    out = producer.on(USAGE)
+    assert {(decode(r.value).meter, decode(r.value).quantity) for r in out} == {
+        (INSTANCE_SECONDS, 3000.0), (VOLUME_GB_SECONDS, 30000.0)}
+    for produced in out:
+        record = decode(produced.value)
+        assert produced.key == record.record_id.encode()
+        assert headers(produced)[SCHEMA_NAME_HEADER].endswith(b"UsageRecord")
+        assert headers(produced)["trovemeter.record_id"] == record.record_id.encode()
+        assert (record.version, record.tenant_id, record.window_start) == (1, "tenant-a", T0)
+    # The table holds the accrual state as compact JSON bytes, on the event's partition.
+    raw = metering.get("inst-1")
+    assert isinstance(raw, bytes) and metering.partition_of("inst-1") == 1
+    assert decode_state(raw) == load_state(raw)
+    assert load_state(raw).emitted_through == to_us(at(HOUR))
+    # The partition's watermark: the newest occurred_at, persisted per partition.
+    assert usage_clock.get("1") == to_us(at(HOUR + 601))
+    assert usage_clock.partition_of("1") == 1
+
+
+def test_state_bytes_are_the_accrual_encoding() -> None:
+    state = decode_state(encode_state(load_state(dump_state(
+        decode_state(b'{"t":"instance","id":"i","tenant":"t","start":[0,5,"m"],'
+                     b'"flavors":[[null,0,"2","m"]],"through":3600000000}')))))
+    assert dump_state(state) == encode_state(state)
+
+
+def test_a_notification_without_billing_facts_writes_no_state(producer: FakeProducer) -> None:
+    run(lambda: feed_source(create_end("inst-2", 60), partition=0))
+    outbox.checkpoint_sync()
+    written = len(producer.on(metering.changelog_topic_name))
+    run(lambda: feed_source(restart_start("inst-2", 120), partition=0))
+    outbox.checkpoint_sync()
+    assert len(producer.on(metering.changelog_topic_name)) == written  # no change, no record
+    assert usage_clock.get("0") == to_us(at(120))  # event time moved all the same
+    assert producer.on(USAGE) == []  # the hour is still open
+
+
+def test_the_sweep_closes_hours_of_every_key_of_the_partition_and_only_that(
+        producer: FakeProducer) -> None:
+    async def scenario() -> None:
+        await feed_source(create_end("inst-a", 600), create_end("inst-b", 1200, flavor="3"),
+                          partition=1)
+        await feed_source(create_end("inst-c", 300), partition=2)
+        # Only inst-a's partition moves past the hour's end + allowed lateness (600 s).
+        await feed_source(restart_start("inst-a", HOUR + 600), partition=1)
+
+    run(scenario)
+    got = latest(producer)
+    assert got[("inst-a", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+    assert got[("inst-b", INSTANCE_SECONDS, "3", T0)].quantity == 2400.0  # no event of its own
+    assert got[("inst-b", VOLUME_GB_SECONDS, "", T0)].quantity == 24000.0
+    assert not [k for k in got if k[0] == "inst-c"]  # partition 2 is still in that hour
+    assert usage.stats["sweeps"] >= 1
+
+
+def test_a_late_fact_corrects_with_the_next_version_and_the_ledger_keeps_the_latest(
+        producer: FakeProducer) -> None:
+    async def scenario() -> None:
+        await feed_source(create_end("inst-a", 600), create_end("inst-b", 1200),
+                          restart_start("inst-a", HOUR + 600), partition=1)
+        # inst-b was resized to flavor 3 half-way through the closed hour; reported late.
+        await feed_source(resize_end("inst-b", 1800, "3"), partition=1)
+
+    run(scenario)
+    written = records(producer)
+    corrected = [r for r in written if r.resource_id == "inst-b" and r.flavor_id == "2"]
+    assert [(r.version, r.quantity) for r in corrected] == [(1, 2400.0), (2, 600.0)]
+    assert len({r.record_id for r in corrected}) == 1
+    assert latest(producer)[("inst-b", INSTANCE_SECONDS, "3", T0)].quantity == 1800.0
+    # The ledger: sum of the latest versions per meter/flavor, not of every version.
+    ledger = usage_ledger.get("tenant-a|1")
+    assert isinstance(ledger, TenantLedger)
+    sums: Counter[str] = Counter()
+    for record in latest_versions(written).values():
+        sums[line_of(record.meter, record.flavor_id)] += record.quantity
+    assert ledger.totals(to_us(T0), to_us(at(HOUR))) == dict(sums)
+    assert ledger.totals(to_us(T0), to_us(at(HOUR)))["instance.seconds|2"] == 3600.0
+    assert ledger.names == {"2": "m1.f2"}
+
+
+def test_a_finished_resource_is_forgotten_after_the_correction_retention(
+        producer: FakeProducer) -> None:
+    retention = settings.usage_correction_retention_hours
+
+    async def scenario() -> None:
+        await feed_source(create_end("inst-d", 60), delete_end("inst-d", 1800), partition=3)
+        await feed_source(create_end("inst-e", 60), partition=3)
+        await feed_source(restart_start("inst-e", (retention + 3) * HOUR), partition=3)
+
+    run(scenario)
+    assert metering.get("inst-d") is None and metering.get("inst-e") is not None
+    outbox.checkpoint_sync()
+    changes = {(c.key, c.value is None) for c in producer.on(metering.changelog_topic_name)}
+    assert (b'"inst-d"', True) in changes  # a tombstone
+    got = latest(producer)
+    assert got[("inst-d", INSTANCE_SECONDS, "2", T0)].quantity == 1740.0
+
+
+def test_an_audit_without_a_create_is_reported_as_a_discrepancy(producer: FakeProducer) -> None:
+    run(lambda: feed_source(audit("inst-z", HOUR), restart_start("inst-z", 2 * HOUR + 601),
+                            partition=0))
+    [produced] = producer.on(DISCREPANCIES)
+    found = decode(produced.value)
+    assert isinstance(found, UsageDiscrepancy)
+    assert found.likely_cause is DiscrepancyCause.MISSED_CREATE
+    assert produced.key == found.discrepancy_id.encode()
+    assert headers(produced)[SCHEMA_NAME_HEADER].endswith(b"UsageDiscrepancy")
+    # The audit is billed (Ceilometer's meter) in the hour its period ends in.
+    assert latest(producer)[("inst-z", EXISTS_SECONDS, "", T0)].quantity == 3600.0
+
+
+# ------------------------------------------------------------------ ticks
+
+
+def test_a_tick_closes_the_hours_of_a_quiet_partition(producer: FakeProducer) -> None:
+    usage.idle_seconds = 0.0
+
+    async def scenario() -> None:
+        await feed_source(create_end("inst-q", 600), partition=2)
+        await feed_pairing((2, pack_tick(at(HOUR + 700))))
+
+    run(scenario)
+    assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+    assert usage_clock.get("2") == to_us(at(HOUR + 700))
+
+
+def test_a_tick_waits_while_the_partition_is_busy_and_is_sent_again(
+        producer: FakeProducer) -> None:
+    usage.idle_seconds = 3600.0  # the partition had an event just now: busy
+
+    async def scenario() -> None:
+        await feed_source(create_end("inst-q", 600), partition=2)
+        await feed_pairing((2, pack_tick(at(HOUR + 700))))
+        assert producer.on(USAGE) == []  # not closed by another partition's event time
+        assert send_pending_ticks() == 1
+
+    run(scenario)
+    [again] = [r for r in producer.on(PAIRING_TOPIC) if tick_time(r.value or b"")]
+    assert again.partition == 2 and tick_time(again.value or b"") == at(HOUR + 700)
+    assert usage_clock.get("2") == to_us(at(600))
+
+    usage.idle_seconds = 0.0  # idle now: the tick sent again closes the hour
+    run(lambda: feed_pairing((2, again.value or b"")))
+    assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+    assert usage.pending_ticks() == []
+
+
+# ------------------------------------------------------------------ the view
+
+
+def test_the_usage_view_sums_latest_versions_and_lists_resources(producer: FakeProducer) -> None:
+    async def scenario() -> dict[str, Any]:
+        await feed_source(create_end("inst-a", 600), create_end("inst-b", 1200),
+                          restart_start("inst-a", 2 * HOUR + 600), partition=1)
+        await feed_source(resize_end("inst-b", 1800, "3"), partition=1)
+        await feed_source(create_end("inst-x", 0, tenant="tenant-b"), partition=1)
+        return await usage_web.local_usage("tenant-a", to_us(T0), to_us(at(2 * HOUR)))
+
+    part = run(scenario)
+    answer = merge_parts("tenant-a", to_us(T0), to_us(at(2 * HOUR)), [part])
+    meters = {(m["meter"], m.get("flavor_id")): m["quantity"] for m in answer["meters"]}
+    assert meters == {(INSTANCE_SECONDS, "2"): 3000.0 + 3600.0 + 600.0,
+                      (INSTANCE_SECONDS, "3"): 1800.0 + 3600.0,
+                      (VOLUME_GB_SECONDS, None): 10 * (3000.0 + 3600.0 + 2400.0 + 3600.0)}
+    lines = {(r["resource_id"], r["meter"], r.get("flavor_id")): (r["quantity"], r["hours"])
+             for r in answer["resources"]}
+    assert lines[("inst-b", INSTANCE_SECONDS, "3")] == (5400.0, 2)
+    assert lines[("inst-a", INSTANCE_SECONDS, "2")] == (6600.0, 2)
+    assert not [k for k in lines if k[0] == "inst-x"]  # another tenant
+    assert answer["unattributed"] == []
+    assert answer["closed_through"] == at(2 * HOUR).isoformat()
+    # The same as what trove.usage holds (latest version per record id).
+    written: Counter[tuple[str, str | None]] = Counter()
+    for record in latest_versions(records(producer)).values():
+        if record.tenant_id == "tenant-a":
+            written[(record.meter, record.flavor_id)] += record.quantity
+    assert meters == dict(written)
+    # Only the first hour.
+    first = run(lambda: usage_web.local_usage("tenant-a", to_us(T0), to_us(at(HOUR))))
+    assert first["totals"]["instance.seconds|3"] == 1800.0
+
+
+def test_records_between_gives_what_was_emitted(producer: FakeProducer) -> None:
+    run(lambda: feed_source(create_end("inst-a", 600), resize_end("inst-a", 5000, "3"),
+                            restart_start("inst-a", 4 * HOUR + 600), partition=1))
+    state = load_state(metering.get("inst-a") or b"")
+    again = {r.record_id: r.quantity
+             for r in records_between(state, to_us(T0), to_us(at(4 * HOUR)), usage.policy)}
+    assert again == {r.record_id: r.quantity for r in latest_versions(records(producer)).values()}
+
+
+def test_view_parts_of_several_workers_are_summed() -> None:
+    hour = to_us(T0)
+    one, two = TenantLedger(), TenantLedger()
+    one.add(hour, "instance.seconds|2", 100.0, keep_hours=48)
+    two.add(hour, "instance.seconds|2", 50.0, keep_hours=48)
+    two.add(hour, "backup.gb_seconds|", 7.5, keep_hours=48)
+    line = {"resource_id": "i-1", "resource_type": "instance", "meter": "instance.seconds",
+            "flavor_id": "2", "quantity": 100.0, "hours": 1}
+    parts = [view_part([one], [line], hour, hour + 3600_000_000, hour, 48),
+             view_part([two], [], hour, hour + 3600_000_000, hour + 3600_000_000, 48)]
+    answer = merge_parts("t", hour, hour + 3600_000_000, parts)
+    assert [(m["meter"], m["quantity"]) for m in answer["meters"]] == [
+        ("backup.gb_seconds", 7.5), ("instance.seconds", 150.0)]
+    assert [(u["meter"], u["quantity"]) for u in answer["unattributed"]] == [
+        ("backup.gb_seconds", 7.5), ("instance.seconds", 50.0)]
+    assert answer["closed_through"] == T0.isoformat()  # the slowest worker
+
+
+def test_the_ledger_keeps_only_the_newest_hours() -> None:
+    ledger = TenantLedger()
+    base = to_us(T0)
+    for h in range(5):
+        assert ledger.add(base + h * 3600_000_000, "m|", 1.0, keep_hours=3)
+    assert sorted(ledger.hours) == [base + h * 3600_000_000 for h in (2, 3, 4)]
+    assert not ledger.add(base, "m|", 1.0, keep_hours=3)  # too old: ignored
+    assert TenantLedger.from_bytes(ledger.to_bytes()) == ledger
+
+
+def test_the_period_is_read_as_iso_and_bounded() -> None:
+    start, end = usage_web.period({"start": "2026-11-02T00:30:00Z", "end": "2026-11-03T00:00"})
+    assert (start, end) == (to_us(datetime(2026, 11, 2, 1, tzinfo=UTC)),
+                            to_us(datetime(2026, 11, 3, tzinfo=UTC)))
+    with pytest.raises(ValueError):
+        usage_web.period({"start": "2026-11-03T00:00Z", "end": "2026-11-02T00:00Z"})
+    with pytest.raises(ValueError):
+        usage_web.period({"start": "yesterday"})
+    with pytest.raises(ValueError):
+        usage_web.period({"start": "2026-01-01T00:00Z", "end": "2026-11-02T00:00Z"})
+
+
+def test_usage_topic_names_are_settings() -> None:
+    from trovemeter.settings import WorkerSettings
+
+    moved = WorkerSettings(usage_topic="x.usage", usage_discrepancies_topic="x.disc")
+    assert (moved.usage_topic, moved.usage_discrepancies_topic) == ("x.usage", "x.disc")
+    assert (WorkerSettings().usage_topic, WorkerSettings().usage_discrepancies_topic) == (
+        "trove.usage", "trove.usage.discrepancies")
