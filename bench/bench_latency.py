@@ -394,9 +394,10 @@ class PacedPublisher:
         if self.connection.is_open:
             self.connection.close()
 
-    def publish(self, exchange: str, messages: Sequence[Any], rate: float | None) -> list[float]:
+    def publish(self, exchange: str, messages: Sequence[Any], rate: float | None,
+                stop: threading.Event | None = None) -> list[float]:
         """``messages``: WireMessage-likes (body, routing_key, properties). Returns the publish
-        times, one per message."""
+        times, one per message (0.0 for those not published because ``stop`` was set)."""
         import pika
 
         properties_cache: dict[int, Any] = {}
@@ -416,6 +417,8 @@ class PacedPublisher:
             times[i] = clock()
             if i % 1000 == 999:
                 self.connection.process_data_events(0)
+                if stop is not None and stop.is_set():
+                    break
         return times
 
 
@@ -619,14 +622,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time per rate")
     parser.add_argument("--rates", default="1000,5000", help="messages per second, comma-separated")
     parser.add_argument("--seed", type=int, default=8)
-    parser.add_argument("--drain-timeout", type=float, default=90.0,
-                        help="seconds to wait for the last records after publishing")
+    parser.add_argument("--drain-timeout", type=float,
+                        help="seconds to wait for the last records after publishing "
+                        "(default: 3 x --seconds, at least 30)")
     parser.add_argument("--rabbit-url", default=os.environ.get("TROVEMETER_RABBIT_URL",
                                                                DEFAULT_RABBIT))
     parser.add_argument("--bootstrap", default=os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP",
                                                               DEFAULT_BOOTSTRAP))
     args = parser.parse_args(argv)
     rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
+    if args.drain_timeout is None:
+        args.drain_timeout = max(30.0, 3 * args.seconds)
 
     def not_run(reason: str) -> dict[str, Any]:
         print(f"bench_latency: not run: {reason}", file=sys.stderr)
