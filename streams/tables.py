@@ -84,6 +84,7 @@ class StagedTable(Generic[V]):
         self._load = load
         self._dump = dump
         self._partition_of: dict[str, int] = {}
+        self._dict: dict[str, Any] | None = None
 
     # --- the outbox's Changelog protocol
     @property
@@ -103,7 +104,10 @@ class StagedTable(Generic[V]):
 
     @property
     def _data(self) -> dict[str, Any]:
-        return self._store.data  # type: ignore[no-any-return]
+        data = self._dict
+        if data is None:  # the memory store's dict: created once, never replaced (cleared)
+            data = self._dict = self._store.data
+        return data
 
     def get(self, key: str) -> V | None:
         value = self._data.get(key)
