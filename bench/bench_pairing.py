@@ -24,8 +24,8 @@ start-up and rebalancing are left out; the records are produced when the workers
 the pure pairing core predicts for these inputs must be on the operations topic. CPU per event
 is the worker processes' user+system time over the run.
 
-End-to-end latency (RabbitMQ publish -> trove.operations through the shovel) is measured by
-bench/bench_latency.py.
+(d) End-to-end latency (RabbitMQ publish -> trove.operations through the shovel, p50/p99 at
+1,000 msg/s) is bench/bench_latency.py; ``--latency SECONDS`` runs it here too.
 """
 
 from __future__ import annotations
@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="share of point events (usage audits) among the inputs")
     parser.add_argument("--workers", default="1,2", help="worker counts to run")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--latency", type=float, default=0, metavar="SECONDS",
+                        help="also run bench/bench_latency.py at 1,000 msg/s for SECONDS "
+                        "(`make bench` runs it as a benchmark of its own)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra worker setting, e.g. TROVEMETER_PRODUCER_LINGER_MS=5")
     parser.add_argument("--bootstrap", default=os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP",
@@ -403,9 +406,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             result[f"worker{workers}"] = worker_run(bootstrap, records, expected, run, workers,
                                                     log_dir, extra)
             print(f"    {result[f'worker{workers}']}", flush=True)
+        if args.latency:
+            from bench import bench_latency
+
+            print("(d) end-to-end latency at 1,000 msg/s (bench/bench_latency.py) ...", flush=True)
+            result["latency"] = bench_latency.main(["--seconds", str(args.latency),
+                                                    "--rates", "1000"])
     finally:
         delete_topics(bootstrap, f"{run}.")
-    result["rows"] = rows(result)
+    result["rows"] = rows(result) + list((result.get("latency") or {}).get("rows", []))
     print_table(result)
     return result
 
