@@ -31,7 +31,6 @@ from tests.integration.shovel_harness import (
     Rabbit,
     ShovelProcess,
     by_message_id,
-    end_offsets,
     load_fixtures,
     queue_counts,
     read_records,
