@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -407,6 +408,22 @@ def stack_problem() -> str | None:
     return None
 
 
+# A benchmark that failed with one of these lost the brokers (the shared stack was restarted).
+BROKER_LOST = re.compile(r"AMQPConnectionError|StreamLostError|ConnectionRefused|"
+                         r"ConnectionReset|ChannelClosedByBroker.*(?:320|CONNECTION_FORCED)|"
+                         r"_TRANSPORT|BrokerTransportFailure|ALL_BROKERS_DOWN")
+
+
+def wait_for_stack(timeout: float) -> float:
+    """Seconds waited until Kafka and RabbitMQ accept connections again (at most ``timeout``),
+    plus a few seconds for them to settle."""
+    started = time.monotonic()
+    while stack_problem() and time.monotonic() - started < timeout:
+        time.sleep(2)
+    time.sleep(5)
+    return round(time.monotonic() - started, 1)
+
+
 def git_commit() -> str | None:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                          text=True)
@@ -504,6 +521,16 @@ def main(argv: list[str] | None = None) -> int:
             reserved = sum(b.reserve for b in chosen[i + 1:] if b.path.exists())
             outcome = run_bench(bench, args.quick, run_env,
                                 remaining=args.budget - (time.monotonic() - started) - reserved)
+            if outcome["status"] == "failed" and BROKER_LOST.search(outcome["reason"]):
+                # The shared stack was restarted under it: once more, when the brokers are back.
+                waited = wait_for_stack(120)
+                first = outcome
+                outcome = run_bench(bench, args.quick, run_env, remaining=args.budget
+                                    - (time.monotonic() - started) - reserved)
+                outcome["retried_after"] = {"reason": first["reason"], "seconds": first["seconds"],
+                                            "waited_for_brokers_s": waited}
+                print(f"=== {bench.name}: retried after a lost broker connection "
+                      f"({first['reason'][:120]})", file=sys.stderr, flush=True)
         outcome["cpu_busy_before"] = busy
         outcomes[bench.name] = outcome
         rows.extend(rows_of(bench, outcome))
