@@ -30,6 +30,7 @@ from tests.integration.worker_harness import (
     create_topics,
     delete_topics,
     end_offsets,
+    wait_until,
 )
 from trovemeter.accrual import (
     BACKUP_GB_SECONDS,
@@ -102,9 +103,12 @@ def expected_view(billing: dict[str, Any], tenant: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_simulated_day_bills_exactly_the_simulators_truth(
         kafka_bootstrap: str, rabbit_url: str, unique_name: str, own_topics: dict[str, str],
-        tmp_path: Path) -> None:
+        tmp_path: Path, workers: int) -> None:
+    """One worker; and two (one consumer group: each owns two partitions, sweeps its own keys,
+    closes its quiet partitions with ticks, and the view sums both workers' parts)."""
     from connectors.simulator import publish
     from tests.integration.conftest import free_port
     from tests.integration.shovel_harness import Rabbit, ShovelProcess
@@ -126,8 +130,8 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(
            "TROVEMETER_RESOURCES_TOPIC": own_topics["resources"],
            "TROVEMETER_USAGE_TOPIC": own_topics["usage"],
            "TROVEMETER_USAGE_DISCREPANCIES_TOPIC": own_topics["discrepancies"]}
-    worker = WorkerProcess(kafka_bootstrap, f"{unique_name}-w", tmp_path / "worker.log",
-                           env=env).start()
+    group = [WorkerProcess(kafka_bootstrap, f"{unique_name}-w", tmp_path / f"worker{i}.log",
+                           env=env).start() for i in range(workers)]
     reader = OutputReader(kafka_bootstrap, end_offsets(kafka_bootstrap, [own_topics["usage"]]),
                           keep=lambda record: isinstance(record, UsageRecord))
     rabbit = Rabbit(rabbit_url)
@@ -138,7 +142,12 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(
         rabbit.prepare(queue, [exchange])
         shovel.start()
         shovel.wait_healthy(60)
-        worker.wait_ready(own_topics["notifications"])
+        for worker in group:
+            worker.wait_ready(own_topics["notifications"])
+        if workers > 1:  # the group has settled: every worker owns source partitions
+            wait_until(lambda: all(len(w.status()["assignment"].get(
+                own_topics["notifications"], [])) == 4 // workers for w in group), 60,
+                "partitions split between the workers")
         t0 = time.monotonic()
         report = publish(scenario.messages(), rabbit_url, [exchange], confirm=True)
         assert report.published == scenario.expected.messages["total"]
@@ -152,7 +161,7 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(
                         timeout=90)
         except TimeoutError:
             got = billed(reader.on(own_topics["usage"]), horizon)
-            assert got == want, f"{worker.logs()[-3000:]}"  # shows the difference
+            assert got == want, "\n".join(w.logs()[-2000:] for w in group)  # the difference
         seconds = time.monotonic() - t0
         records = reader.on(own_topics["usage"])
         assert billed(records, horizon) == want  # exactly: seconds, GB-seconds, audits
@@ -161,34 +170,37 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(
             assert output.key == output.record.record_id.encode()
             assert output.headers[SCHEMA_NAME_HEADER].endswith(b"UsageRecord")
 
-        # The worker's view of each tenant's day: the same totals, and a line per resource.
+        # Each worker's view of each tenant's day: the same totals, and a line per resource.
         query = f"?start={start.isoformat().replace('+00:00', 'Z')}" \
                 f"&end={horizon.isoformat().replace('+00:00', 'Z')}"
-        for tenant in tenants:
-            code, body = worker.get(f"/usage/tenants/{tenant}/{query}")
-            assert code == 200, body
-            assert viewed(body) == expected_view(billing, tenant), json.dumps(body)[:3000]
-            assert body["tenant_id"] == tenant and not body["partial"]
-            assert body["closed_through"] >= horizon.isoformat()
-            lines = Counter()
-            for line in body["resources"]:
-                if line["meter"] == INSTANCE_SECONDS:
-                    lines[line["flavor_id"]] += line["quantity"]
-            live = {m["flavor_id"]: m["quantity"] for m in body["meters"]
-                    if m["meter"] == INSTANCE_SECONDS}
-            unattributed = {u["flavor_id"]: u["quantity"] for u in body["unattributed"]
-                            if u["meter"] == INSTANCE_SECONDS}
-            for flavor, total in live.items():  # lines + what forgotten resources billed
-                assert lines[flavor] + unattributed.get(flavor, 0.0) == pytest.approx(total)
-        code, status = worker.get("/status/")
-        print(f"simulated day: {len(records)} usage records ({len(latest_versions(records))} "
-              f"ids) for {report.published} messages in {seconds:.1f}s; usage: "
-              f"{json.dumps(status['usage'])}")
+        for worker in group:
+            for tenant in tenants:
+                code, body = worker.get(f"/usage/tenants/{tenant}/{query}")
+                assert code == 200, body
+                assert viewed(body) == expected_view(billing, tenant), json.dumps(body)[:3000]
+                assert body["tenant_id"] == tenant and not body["partial"]
+                assert len(body["workers"]) == workers
+                assert body["closed_through"] >= horizon.isoformat()
+                lines: Counter[str] = Counter()
+                for line in body["resources"]:
+                    if line["meter"] == INSTANCE_SECONDS:
+                        lines[line["flavor_id"]] += line["quantity"]
+                billed_flavors = {m["flavor_id"]: m["quantity"] for m in body["meters"]
+                                  if m["meter"] == INSTANCE_SECONDS}
+                unattributed = {u["flavor_id"]: u["quantity"] for u in body["unattributed"]
+                                if u["meter"] == INSTANCE_SECONDS}
+                for flavor, total in billed_flavors.items():  # lines + forgotten resources
+                    assert lines[flavor] + unattributed.get(flavor, 0.0) == pytest.approx(total)
+        usage = [w.status()["usage"] for w in group]
+        print(f"simulated day, {workers} worker(s): {len(records)} usage records "
+              f"({len(latest_versions(records))} ids) for {report.published} messages in "
+              f"{seconds:.1f}s; usage: {json.dumps(usage)}")
     finally:
         reader.close()
         if shovel.process is not None:
             shovel.stop()
-        worker.stop()
+        for worker in group:
+            worker.stop()
         rabbit.delete_queue(queue)
         rabbit.delete_exchange(exchange)
         rabbit.close()
