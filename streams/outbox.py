@@ -278,6 +278,7 @@ class Outbox:
         """Make every output and every staged change durable, now (blocks: see module doc)."""
         if self._producer is None and not (self._staged or self._closed or self._forwards):
             return
+        started = time.perf_counter()
         self.flush_forwards()
         self._close_epoch()
         producer = self.producer
@@ -291,6 +292,9 @@ class Outbox:
             self._raise_failures()
         self._forget_confirmed_epochs()
         self.stats["sync_checkpoints"] += 1
+        blocked = round((time.perf_counter() - started) * 1000, 1)  # the event loop waited
+        self.stats["sync_checkpoint_ms_total"] += blocked
+        self.stats["sync_checkpoint_ms_max"] = max(self.stats["sync_checkpoint_ms_max"], blocked)
 
     def _flush(self, producer: Any) -> None:
         remaining = producer.flush(self._flush_timeout)
