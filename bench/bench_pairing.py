@@ -14,8 +14,10 @@ Runs, each on a fresh 4-partition topic holding the same records:
 
 (a) bare loop: confluent-kafka consume -> produce (the same bytes to a sink), one process;
 (b) Faust agent that only counts (bench/faust_count_app.py): Faust's own per-event ceiling;
-(c) `trovemeter worker` (decode, resource state + table, forward, pairing + tables, outputs,
-    error counts) with one worker, then with two workers of one app id on the same topic.
+(c) `trovemeter worker` with one worker, then with two workers of one app id on the same topic:
+    the whole source path (decode, resource state + table + trove.resources, usage metering
+    since issue #6 added it to the same agent, pairing + tables + trove.operations/errors,
+    error counts), as deployed.
 
 (b) and (c) are started on an empty topic and timed from their first event to their last,
 worker-side (the count agent's own clock; the worker's output records' timestamps), so that
