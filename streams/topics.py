@@ -61,6 +61,35 @@ pairing_topic = app.topic(
     # Forwarded events are needed only until the pairing agent has taken them into its table.
     retention=timedelta(days=1),
 )
+
+
+@app.on_worker_init.connect
+def create_pairing_topic(sender: object, **_: object) -> None:
+    """Create the pairing topic and wait until every partition has a leader, before the worker
+    subscribes. Faust would create it itself at start-up, but on a brand-new cluster its consumer
+    can subscribe before the topic is in the metadata ("Ignoring missing topic ...-pairing") and
+    then never get those partitions: no operation would ever come out."""
+    import time
+
+    from confluent_kafka.admin import AdminClient
+
+    from connectors.kafka_admin import ensure_topics
+    from trovemeter.topics import TopicSpec
+
+    config = settings.kafka_client_config()
+    ensure_topics(config, [TopicSpec(PAIRING_TOPIC, PARTITIONS,
+                                     config={"retention.ms": str(24 * 3600 * 1000)})])
+    admin = AdminClient(config)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        topic = admin.list_topics(PAIRING_TOPIC, timeout=10).topics.get(PAIRING_TOPIC)
+        if topic and not topic.error and len(topic.partitions) == PARTITIONS \
+                and all(p.leader >= 0 for p in topic.partitions.values()):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"Kafka topic {PAIRING_TOPIC} has no leader for every partition after 60 s")
+
+
 errors_topic = app.topic(
     settings.errors_topic, key_type=bytes, value_type=bytes,
     key_serializer="raw", value_serializer="raw",
