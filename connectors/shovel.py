@@ -186,6 +186,7 @@ class Shovel:
 
         # Kafka health, logged once per outage.
         self._kafka_failing_since: float | None = None
+        self._outage_began = 0.0  # perf_counter() at the start of the current Kafka outage
         self._kafka_failures_in_outage = 0
         self._last_report_at = time.monotonic()
         self._all_brokers_down = False
@@ -551,7 +552,9 @@ class Shovel:
                     stats.count_dead_letter(out.reason)
                 out.window.confirm(out.tag)
                 self._last_report_at = 0.0  # "a report came": restarts the stall clock
-                if self._kafka_failing_since is not None:
+                # Only a record produced after the outage began proves Kafka is back: a late
+                # report for one written just before it would end the outage too early.
+                if self._kafka_failing_since is not None and started >= self._outage_began:
                     self._kafka_recovered()
             else:
                 self._delivery_failed(out, err, attempt)
@@ -641,6 +644,7 @@ class Shovel:
 
     def _kafka_outage(self, why: str, code: str) -> None:
         self._kafka_failing_since = time.monotonic()
+        self._outage_began = perf_counter()
         self._kafka_failures_in_outage = 0
         self.stats.kafka_outages += 1
         self.stats.kafka_ok = False
