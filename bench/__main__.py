@@ -411,7 +411,8 @@ def stack_problem() -> str | None:
 # A benchmark that failed with one of these lost the brokers (the shared stack was restarted).
 BROKER_LOST = re.compile(r"AMQPConnectionError|StreamLostError|ConnectionRefused|"
                          r"ConnectionReset|ChannelClosedByBroker.*(?:320|CONNECTION_FORCED)|"
-                         r"_TRANSPORT|BrokerTransportFailure|ALL_BROKERS_DOWN")
+                         r"_TRANSPORT|BrokerTransportFailure|ALL_BROKERS_DOWN|NOT_LEADER|"
+                         r"LEADER_NOT_AVAILABLE|NOT_COORDINATOR|COORDINATOR_NOT_AVAILABLE")
 
 
 def wait_for_stack(timeout: float) -> float:
