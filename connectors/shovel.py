@@ -58,6 +58,8 @@ HEADER_ROUTING_KEY = "trovemeter.routing_key"
 HEADER_MESSAGE_ID = "trovemeter.message_id"
 HEADER_REASON = "trovemeter.reason"  # dead letters only
 
+# An "all brokers down" this soon after a successful delivery describes an earlier disconnect.
+STALE_BROKERS_DOWN_SECONDS = 3.0
 # A dead letter keeps the delivered body whole up to this size (the broker accepts 4 MiB
 # records); beyond it, the first DLQ_MAX_BODY_BYTES plus body_length and body_sha256.
 DLQ_MAX_BODY_BYTES = 3 * 1024 * 1024
@@ -187,6 +189,7 @@ class Shovel:
         # Kafka health, logged once per outage.
         self._kafka_failing_since: float | None = None
         self._outage_began = 0.0  # perf_counter() at the start of the current Kafka outage
+        self._last_success = 0.0  # perf_counter() of the latest successful delivery report
         self._kafka_failures_in_outage = 0
         self._last_report_at = time.monotonic()
         self._all_brokers_down = False
@@ -545,7 +548,9 @@ class Shovel:
 
         def report(err: KafkaError | None, _msg: Any) -> None:
             if err is None:
-                stats.produce_latency.observe(perf_counter() - started)
+                reported = perf_counter()
+                stats.produce_latency.observe(reported - started)
+                self._last_success = reported
                 if out.reason is None:
                     stats.produced += 1
                 else:
@@ -636,8 +641,10 @@ class Shovel:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_brokers_down = True
             self.stats.kafka_ok = False
-            # Before start-up has reached Kafka, _await_kafka reports the outage itself.
-            if self._kafka_failing_since is None and self._ever_reached_kafka:
+            # Before start-up has reached Kafka, _await_kafka reports the outage itself. Right
+            # after a delivery succeeded it is librdkafka reporting an old disconnect late.
+            if self._kafka_failing_since is None and self._ever_reached_kafka \
+                    and perf_counter() - self._last_success > STALE_BROKERS_DOWN_SECONDS:
                 self._kafka_outage(err.str(), code=err.name())
         else:
             log.debug("kafka.client_error", extra={"error": err.str(), "code": err.name()})
