@@ -15,8 +15,10 @@ changes to their changelogs once the outputs they caused are confirmed), ``usage
 
 Lifecycle (the outbox's guarantees depend on these, see streams/outbox.py):
 
-- before every offset commit, a sensor runs ``outbox.checkpoint_sync()``: Faust commits only
-  offsets whose outputs and table changes are durable;
+- the agents read with ``noack()`` and hand every event to the outbox, which acknowledges it
+  once its outputs and table changes are durable: Faust's periodic commit covers only those;
+  when Faust stops the flow (revocation, shutdown) and waits for every event in flight, the
+  commit hook makes everything durable at once (``CheckpointOnCommit``);
 - on partition revocation (Faust has waited for the agents to finish their current event):
   ``checkpoint_sync()``, so the next owner recovers everything written here;
 - on assignment: the keys of partitions that really left are dropped from the local stores
@@ -68,16 +70,22 @@ _TABLE_SOURCE = {
 }
 
 
-class CheckpointBeforeCommit(faust.Sensor):
-    """Runs the outbox's synchronous checkpoint when Faust starts an offset commit (before it
-    decides which offsets to commit: see ``Consumer.force_commit``)."""
+class CheckpointOnCommit(faust.Sensor):  # type: ignore[misc]
+    """Faust's offset commits meet the outbox here (``on_commit_initiated`` runs before Faust
+    picks the offsets to commit). While events flow: acknowledge what is durable already, never
+    wait. When the flow is stopped -- a revocation or shutdown, where Faust's ``wait_empty``
+    commits in a loop until every event in flight is acknowledged -- make everything durable and
+    acknowledge it, blocking: nothing is being processed then."""
 
     def on_commit_initiated(self, consumer: Any) -> Any:
-        outbox.checkpoint_sync()
+        if consumer.flow_active:
+            outbox.drain()
+        else:
+            outbox.checkpoint_sync()
         return None
 
 
-app.sensors.add(CheckpointBeforeCommit())
+app.sensors.add(CheckpointOnCommit())
 
 
 @app.timer(interval=settings.checkpoint_interval_seconds)

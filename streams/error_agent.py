@@ -39,7 +39,8 @@ def count(record: OperationError, partition: int) -> None:
 @app.agent(errors_topic, concurrency=1)
 async def count_errors(stream: Any) -> None:
     """trove.errors -> error_counts."""
-    async for event in stream.events():
+    async for event in stream.noack().events():  # acknowledged by the outbox (outbox.py)
+        outbox.processed(event)
         try:
             record = decode(event.value)
         except CodecError as exc:

@@ -16,37 +16,43 @@ pairing topic, the ticks, and the tables' changelog records -- goes through this
    two independent records: after a kill -9 the state may say "reported" while the record never
    left, and the replay then drops it as a duplicate -- an operation lost. Here a table change
    reaches its changelog only after every output emitted before it is confirmed by Kafka (acks
-   =all, idempotent producer), and offsets are committed only after both. A crash can repeat an
-   output (same record id, same content), never lose one.
+   =all, idempotent producer), and an event is acknowledged to Faust -- its offset becomes
+   committable -- only after both. A crash can repeat an output (same record id, same content),
+   never lose one.
 3. **Fewer changelog records.** Table changes are staged and written at checkpoints, the latest
    value per key: a start and its end arriving within one checkpoint interval cost one changelog
    record (the tombstone), not two.
 
 How it works
 ------------
+- The agents read their streams with ``noack()``: Faust does not acknowledge an event when the
+  agent moves on; ``processed(event)`` hands it to the outbox instead.
 - ``emit()`` produces an output now (non-blocking) and counts it in the current *epoch*.
 - ``stage()`` records a table change (the agents have already updated the local store); the
   value is serialised only when the changelog record is written.
 - ``forward()`` collects notifications per pairing partition and emits them as one batch record
   (``streams.topics.pack_batch``) after ``forward_linger_ms`` or ``forward_max_batch`` items:
   the pairing agent then pays Faust's per-event cost once per batch, not once per notification.
-- ``checkpoint()`` (a timer, every ``checkpoint_interval_seconds``) closes the epoch, waits --
-  without blocking the event loop -- until every output of the closed epochs is confirmed, then
-  writes the staged changes of those epochs to the changelogs.
-- ``checkpoint_sync()`` runs before every offset commit (a Faust sensor's
-  ``on_commit_initiated``), on partition revocation and at shutdown: it sends the pending
-  forwards, flushes the producer (every output confirmed), writes every staged change and
-  flushes again. The offsets Faust then commits cover only events whose effects are durable. It
-  blocks the event loop for a few milliseconds (one or two producer round trips), once per
-  commit interval, because Faust's commit hook is synchronous.
+- ``checkpoint()`` (a timer, every ``checkpoint_interval_seconds``) closes the epoch and takes
+  each closed epoch, oldest first, as far as Kafka's confirmations allow, without blocking the
+  event loop: once its outputs are confirmed it writes its staged changes (the latest value per
+  key) to the changelogs; once those are confirmed it acknowledges its events. Faust's own
+  periodic commit then commits exactly the offsets whose effects are durable -- it never has to
+  wait for anything.
+- ``checkpoint_sync()`` does the same at once, blocking (producer flushes), when Faust stops
+  the flow of events -- partition revocation and shutdown -- and waits for every event in flight
+  to be acknowledged before it goes on: the next owner recovers a changelog holding every change
+  made here, and no write of this worker lands after it. (Faust's ``wait_empty`` calls a commit
+  in its loop; the commit hook in ``streams/agents.py`` runs the synchronous checkpoint then.)
 - A delivery that fails for good (librdkafka retried until ``message.timeout.ms``) is fatal:
-  ``OutboxError`` is raised from the checkpoint, the worker stops without committing, and a
-  restart replays from the last commit.
+  ``OutboxError`` is raised from the checkpoint, the worker stops, nothing past it was
+  acknowledged, and a restart replays from the last commit.
 
 Rebalances: writes use explicit partitions (the partition of the event that caused them), not
 Faust's "current event", so a changelog record always goes to the partition its key belongs to.
-Everything staged is flushed in the revocation handler, before Faust gives the partitions away:
-the next owner recovers a changelog that already holds every change made here.
+
+An earlier version flushed synchronously from a Faust sensor before every offset commit; under
+a loaded broker that blocked the event loop for seconds (15 s measured) every commit interval.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger("trovemeter.outbox")
@@ -105,8 +112,10 @@ class Outbox:
         self._failures: list[str] = []
         # (table, key) -> (partition, value or None for a delete): the latest staged change.
         self._staged: dict[tuple[Changelog, str], tuple[int, Any]] = {}
-        # Closed epochs' changes, oldest first, waiting for their outputs to be confirmed.
-        self._closed: list[tuple[int, dict[tuple[Changelog, str], tuple[int, Any]]]] = []
+        # Events processed in the current epoch: acknowledged once everything they caused is.
+        self._events: list[Any] = []
+        # Closed epochs, oldest first, on their way to durability.
+        self._closed: list[_Closed] = []
         self._forwards: dict[int, list[bytes]] = {}
         self._forward_count = 0
         self._forward_timer: asyncio.TimerHandle | None = None
@@ -211,30 +220,62 @@ class Outbox:
         """Record a table change (``value`` None: delete) for the next checkpoint."""
         self._staged[(table, key)] = (partition, value)
 
+    def processed(self, event: Any) -> None:
+        """The agent is done with ``event``: acknowledge it (its offset becomes committable)
+        once the outputs and table changes it caused are confirmed by Kafka."""
+        self._events.append(event)
+
     @property
     def staged(self) -> int:
-        return len(self._staged) + sum(len(changes) for _, changes in self._closed)
+        return len(self._staged) + sum(len(c.changes) for c in self._closed if not c.written)
 
     def _close_epoch(self) -> int:
         closed = self._epoch
-        if self._staged:
-            self._closed.append((closed, self._staged))
-            self._staged = {}
+        if self._staged or self._events:
+            self._closed.append(_Closed(closed, self._staged, self._events))
+            self._staged, self._events = {}, []
         self._epoch += 1
         return closed
 
     def _confirmed_through(self, epoch: int) -> bool:
         return all(count <= 0 for e, count in self._outstanding.items() if e <= epoch)
 
-    def _write_changes(self, changes: dict[tuple[Changelog, str], tuple[int, Any]]) -> None:
-        for (table, key), (partition, value) in changes.items():
-            self._produce(table.changelog_topic_name, table.changelog_value(value),
-                          table.changelog_key(key), partition, None, self._on_changelog)
-        self.stats["changelog_records"] += len(changes)
+    def _write_changes(self, closed: _Closed) -> None:
+        failures = self._failures
 
-    def _on_changelog(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self._failures.append(f"{msg.topic() if msg is not None else '?'}: {err}")
+        def confirmed(err: Any, msg: Any) -> None:
+            closed.unconfirmed -= 1
+            if err is not None:
+                failures.append(f"{msg.topic() if msg is not None else '?'}: {err}")
+
+        closed.unconfirmed += len(closed.changes)
+        for (table, key), (partition, value) in closed.changes.items():
+            self._produce(table.changelog_topic_name, table.changelog_value(value),
+                          table.changelog_key(key), partition, None, confirmed)
+        closed.written = True
+        self.stats["changelog_records"] += len(closed.changes)
+
+    def _advance(self) -> None:
+        """Move closed epochs along, oldest first: write their table changes once their outputs
+        are confirmed; acknowledge their events once those changes are confirmed too."""
+        while self._closed:
+            closed = self._closed[0]
+            if not closed.written:
+                if not self._confirmed_through(closed.epoch):
+                    return
+                self._write_changes(closed)
+            if closed.unconfirmed > 0:
+                return
+            self._ack(closed.events)
+            self._closed.pop(0)
+
+    def _ack(self, events: list[Any]) -> None:
+        for event in events:
+            try:
+                event.ack()
+            except Exception:  # noqa: BLE001 - a consumer already gone: nothing to commit
+                self.stats["ack_errors"] += 1
+        self.stats["acked"] += len(events)
 
     def _forget_confirmed_epochs(self) -> None:
         for epoch in [e for e, count in self._outstanding.items() if count <= 0
@@ -249,34 +290,45 @@ class Outbox:
 
     # ---------------------------------------------------------------- checkpoints
 
+    def drain(self) -> None:
+        """Serve delivery reports and move closed epochs on as far as they already can; never
+        waits (Faust's commit calls it: acknowledgements ready now make this commit)."""
+        if self._producer is not None:
+            self._producer.poll(0)
+        self._raise_failures()
+        self._advance()
+
     async def checkpoint(self, max_wait: float = 5.0) -> None:
-        """Write the changes of the epochs whose outputs are confirmed; never blocks the loop
-        (waits in short sleeps, at most ``max_wait`` seconds, then leaves the rest to the next
-        checkpoint or to the synchronous one before a commit)."""
-        if self._checkpointing or self._producer is None:
+        """Close the epoch and take every closed epoch as far as Kafka's confirmations allow
+        (outputs -> table changes -> acknowledgements). Never blocks the event loop: waits in
+        short sleeps, at most ``max_wait`` seconds, then leaves the rest to the next one."""
+        if self._checkpointing:
             return
         self._checkpointing = True
         try:
             self.flush_forwards()
-            closed = self._close_epoch()
+            self._close_epoch()
             producer = self._producer
             deadline = time.monotonic() + max_wait
-            producer.poll(0)
-            while not self._confirmed_through(closed) and time.monotonic() < deadline:
+            while True:
+                if producer is not None:
+                    producer.poll(0)
+                self._raise_failures()
+                self._advance()
+                if not self._closed or time.monotonic() >= deadline:
+                    break
                 await asyncio.sleep(0.002)
-                producer.poll(0)
-            self._raise_failures()
-            while self._closed and self._confirmed_through(self._closed[0][0]):
-                _, changes = self._closed.pop(0)
-                self._write_changes(changes)
             self._forget_confirmed_epochs()
             self.stats["checkpoints"] += 1
         finally:
             self._checkpointing = False
 
     def checkpoint_sync(self) -> None:
-        """Make every output and every staged change durable, now (blocks: see module doc)."""
-        if self._producer is None and not (self._staged or self._closed or self._forwards):
+        """Make every output and every staged change durable and acknowledge every processed
+        event, now. Blocks the event loop for the producer's round trips: used only when
+        partitions are revoked and at shutdown, when nothing is processed anyway."""
+        if self._producer is None and not (self._staged or self._closed or self._forwards
+                                           or self._events):
             return
         started = time.perf_counter()
         self.flush_forwards()
@@ -284,12 +336,14 @@ class Outbox:
         producer = self.producer
         self._flush(producer)
         self._raise_failures()
-        closed, self._closed = self._closed, []
-        for _, changes in closed:
-            self._write_changes(changes)
-        if closed:
-            self._flush(producer)
-            self._raise_failures()
+        for closed in self._closed:
+            if not closed.written:
+                self._write_changes(closed)
+        self._flush(producer)
+        self._raise_failures()
+        closed_epochs, self._closed = self._closed, []
+        for closed in closed_epochs:
+            self._ack(closed.events)
         self._forget_confirmed_epochs()
         self.stats["sync_checkpoints"] += 1
         blocked = round((time.perf_counter() - started) * 1000, 1)  # the event loop waited
@@ -309,4 +363,16 @@ class Outbox:
     def snapshot(self) -> dict[str, Any]:
         """Counters for the status view."""
         return {**self.stats, "staged": self.staged, "queued_forwards": self._forward_count,
-                "unconfirmed": sum(c for c in self._outstanding.values() if c > 0)}
+                "unconfirmed": sum(c for c in self._outstanding.values() if c > 0),
+                "unacknowledged": len(self._events) + sum(len(c.events) for c in self._closed)}
+
+
+@dataclass
+class _Closed:
+    """A closed epoch: its table changes and the events processed during it."""
+
+    epoch: int
+    changes: dict[tuple[Changelog, str], tuple[int, Any]]
+    events: list[Any]
+    written: bool = False
+    unconfirmed: int = 0  # changelog records written and not yet confirmed

@@ -270,7 +270,8 @@ source_handlers.append(forwarder)
 @app.agent(pairing_topic, concurrency=1)
 async def pairing(stream: Any) -> None:
     """<app id>-pairing (batches and ticks) -> open_operations, trove.operations, trove.errors."""
-    async for event in stream.events():
+    async for event in stream.noack().events():  # acknowledged by the outbox (outbox.py)
+        outbox.processed(event)
         value = event.value
         partition = event.message.partition
         moment = tick_time(value)

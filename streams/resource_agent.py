@@ -137,7 +137,10 @@ async def notifications(stream: Any) -> None:
     """trove.notifications -> every source handler."""
     handlers = source_handlers
     observe = source_clock.observe
-    async for event in stream.events():
+    processed = outbox.processed
+    # noack: an event is acknowledged by the outbox once what it caused is durable.
+    async for event in stream.noack().events():
+        processed(event)  # (effects below join the current epoch before it can close)
         raw = event.value
         try:
             n = decode(raw)

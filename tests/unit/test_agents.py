@@ -464,16 +464,54 @@ def test_table_changes_reach_the_changelog_only_after_their_outputs() -> None:
     asyncio.run(scenario())
 
 
+@dataclass
+class _Event:
+    name: str
+    acked: list[str]
+
+    def ack(self) -> bool:
+        self.acked.append(self.name)
+        return True
+
+
+def test_events_are_acknowledged_only_once_their_effects_are_durable() -> None:
+    fake = FakeProducer(hold=True)
+    box = Outbox({}, pairing_topic="p", producer_factory=lambda config: fake)
+    table, acked = _Table(), []
+
+    async def scenario() -> None:
+        box.processed(_Event("e1", acked))
+        box.emit("out", b"record-1", "k")
+        box.stage(table, 0, "key", {"v": 1})
+        box.processed(_Event("e2", acked))  # no effects of its own, same epoch
+        await box.checkpoint(max_wait=0.05)
+        assert acked == [] and fake.on(table.changelog_topic_name) == []
+        fake.hold = False
+        await box.checkpoint(max_wait=0.05)
+        assert acked == ["e1", "e2"]  # output, then changelog, confirmed
+        assert len(fake.on(table.changelog_topic_name)) == 1
+        box.processed(_Event("e3", acked))
+        box.stage(table, 0, "key", {"v": 2})
+        fake.fail_topics.add(table.changelog_topic_name)
+        with pytest.raises(OutboxError):
+            await box.checkpoint(max_wait=0.05)
+        assert acked == ["e1", "e2"]  # e3's change was not confirmed: never acknowledged
+
+    asyncio.run(scenario())
+
+
 def test_sync_checkpoint_writes_everything_and_deletes_with_tombstones() -> None:
     fake = FakeProducer(hold=True)
     box = Outbox({}, pairing_topic="p", producer_factory=lambda config: fake)
     table = _Table()
+    acked: list[str] = []
+    box.processed(_Event("e", acked))
     box.emit("out", b"record", None)
     box.stage(table, 0, "gone", None)
     box.checkpoint_sync()
     [change] = fake.on(table.changelog_topic_name)
     assert change.value is None and change.key == b'"gone"'
-    assert box.staged == 0
+    assert box.staged == 0 and acked == ["e"]
 
 
 def test_a_failed_delivery_stops_the_checkpoint() -> None:
