@@ -307,6 +307,7 @@ def worker_run(bootstrap: str, records: list[tuple[bytes | None, bytes]], expect
     finally:
         for p in procs:
             p.stop()
+            p.remove_data_dir()
         delete_topics(bootstrap, f"{app_id}-")
         delete_topics(bootstrap, f"{tag}.")
 

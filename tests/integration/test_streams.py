@@ -80,6 +80,7 @@ def workers(tmp_path: Path, kafka_bootstrap: str) -> Iterator[list[WorkerProcess
     yield started
     for worker in started:
         worker.kill()
+        worker.remove_data_dir()
     for app_id in {w.app_id for w in started}:
         delete_topics(kafka_bootstrap, f"{app_id}-")
 

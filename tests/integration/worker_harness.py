@@ -369,6 +369,12 @@ class WorkerProcess:
         if self.process is not None:
             self.process.wait(30)
 
+    def remove_data_dir(self) -> None:
+        """After the process ended: its data directory (Faust's, per app id and port)."""
+        import shutil
+
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str,
                interval: float = 0.3) -> Any:
