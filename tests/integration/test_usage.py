@@ -205,3 +205,85 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(
         rabbit.delete_exchange(exchange)
         rabbit.close()
         delete_topics(kafka_bootstrap, f"{unique_name}-w-")
+
+
+def test_a_worker_killed_mid_day_bills_exactly_after_the_restart(
+        kafka_bootstrap: str, rabbit_url: str, unique_name: str, own_topics: dict[str, str],
+        tmp_path: Path) -> None:
+    """kill -9 half-way through the day (no flush, no commit): the next worker recovers the
+    metering states and watermarks from their changelogs, replays what was not committed
+    (re-emitting identical records) and the latest versions still bill exactly."""
+    from connectors.simulator import publish
+    from tests.integration.conftest import free_port
+    from tests.integration.shovel_harness import Rabbit, ShovelProcess
+
+    exchange, queue = f"{unique_name}.trove", f"{unique_name}.q"
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=26)
+    config = ScenarioConfig(seed=uuid.uuid4().int % 1_000_000, tenants=3, instances=15,
+                            hours=24, start=start, exchange=exchange)
+    scenario = build_scenario(config)
+    billing = scenario.expected.to_json()["billing"]
+    messages = list(scenario.messages())
+    half = 12 * 3600
+    first_half = [m for m in messages if m.sent_offset < half]
+    second_half = [m for m in messages if m.sent_offset >= half]
+    env = {"TROVEMETER_SOURCE_TOPIC": own_topics["notifications"],
+           "TROVEMETER_OPERATIONS_TOPIC": own_topics["operations"],
+           "TROVEMETER_ERRORS_TOPIC": own_topics["errors"],
+           "TROVEMETER_RESOURCES_TOPIC": own_topics["resources"],
+           "TROVEMETER_USAGE_TOPIC": own_topics["usage"],
+           "TROVEMETER_USAGE_DISCREPANCIES_TOPIC": own_topics["discrepancies"],
+           # The killed worker's partitions move to the next one after this, not a minute.
+           "TROVEMETER_SESSION_TIMEOUT_SECONDS": "10"}
+    app_id = f"{unique_name}-w"
+    workers = [WorkerProcess(kafka_bootstrap, app_id, tmp_path / "worker-1.log",
+                             env=env).start()]
+    reader = OutputReader(kafka_bootstrap, end_offsets(kafka_bootstrap, [own_topics["usage"]]),
+                          keep=lambda record: isinstance(record, UsageRecord))
+    rabbit = Rabbit(rabbit_url)
+    shovel = ShovelProcess(queue, [exchange], free_port(), tmp_path / "shovel.log",
+                           extra_args=["--topic", own_topics["notifications"],
+                                       "--dlq-topic", f"{unique_name}.dlq"])
+    try:
+        rabbit.prepare(queue, [exchange])
+        shovel.start()
+        shovel.wait_healthy(60)
+        workers[0].wait_ready(own_topics["notifications"])
+        publish(first_half, rabbit_url, [exchange], confirm=True)
+        ten_hours_in = start + timedelta(hours=10)
+        reader.wait(lambda outputs: any(o.record.window_start >= ten_hours_in
+                                        for o in outputs), timeout=60)
+        time.sleep(4)  # past a commit (2.8 s): the next worker recovers state, replays a tail
+        workers[0].kill()  # mid-stream: no flush, no commit, no goodbye
+        killed_at = len(reader.outputs)
+
+        workers.append(WorkerProcess(kafka_bootstrap, app_id, tmp_path / "worker-2.log",
+                                     env=env).start())
+        workers[1].wait_ready(own_topics["notifications"], timeout=120)
+        publish(second_half, rabbit_url, [exchange], confirm=True)
+        want = {name: billing[name] for name in ("instance_seconds", "volume_gb_seconds",
+                                                 "backup_gb_seconds", "exists_seconds")}
+        try:
+            reader.wait(lambda outputs: billed([o.record for o in outputs],
+                                               config.horizon) == want, timeout=90)
+        except TimeoutError:
+            got = billed(reader.on(own_topics["usage"]), config.horizon)
+            assert got == want, workers[1].logs()[-3000:]
+        records = reader.on(own_topics["usage"])
+        assert billed(records, config.horizon) == want
+        # A record id never carries two contents under one version.
+        seen: dict[tuple[str, int], UsageRecord] = {}
+        for record in records:
+            assert seen.setdefault((record.record_id, record.version), record) == record
+        print(f"kill -9 after {killed_at} usage records; {len(records) - len(seen)} identical "
+              f"repeats after the restart, {len(records)} records in all")
+    finally:
+        reader.close()
+        if shovel.process is not None:
+            shovel.stop()
+        for worker in workers:
+            worker.kill()
+        rabbit.delete_queue(queue)
+        rabbit.delete_exchange(exchange)
+        rabbit.close()
+        delete_topics(kafka_bootstrap, f"{unique_name}-w-")
