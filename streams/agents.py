@@ -9,9 +9,9 @@ actors commits across gaps, faust-pitfalls #606/#312):
 | ``pairing`` (streams/pairing_agent.py) | ``<app id>-pairing`` | join key (``pairing_partition``) | tables open_operations, recent_operations, trove.operations, trove.errors |
 | ``count_errors`` (streams/error_agent.py) | trove.errors | tenant id | table error_counts |
 
-Timers: ``send_ticks`` (event time to every pairing partition), ``checkpoint`` (staged table
-changes to their changelogs once the outputs they caused are confirmed), ``usage_ticks``
-(re-sends ticks that found a source partition busy, streams/usage_agent.py).
+Timers: ``send_ticks`` (this worker's progress on its source partitions to every pairing
+partition: their event time), ``checkpoint`` (staged table changes to their changelogs once the
+outputs they caused are confirmed).
 
 Lifecycle (the outbox's guarantees depend on these, see streams/outbox.py):
 
@@ -39,7 +39,7 @@ import faust
 from streams.app import app, settings
 from streams.error_agent import count_errors
 from streams.pairing_agent import forwarder, pairing, recent, shell
-from streams.resource_agent import notifications, resource_state
+from streams.resource_agent import notifications, read_progress, resource_state
 from streams.usage_agent import usage
 from streams.tables import (
     STAGED_TABLES,
@@ -108,6 +108,8 @@ async def _drop_revoked(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
     _assignment.clear()
     _assignment.update(assigned)
     forwarder.owned = {tp.partition for tp in assigned if tp.topic == PAIRING_TOPIC}
+    read_progress.owned = {tp.partition for tp in assigned if tp.topic == settings.source_topic}
+    read_progress.forget({tp.partition for tp in gone if tp.topic == settings.source_topic})
     if not gone:
         return
     for table in STAGED_TABLES:

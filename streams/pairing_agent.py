@@ -20,23 +20,22 @@ Faust event per batch. Only phased events take the hop; point events (usage audi
 Event time and expiry
 ---------------------
 ``pairing.expire`` abandons starts whose end did not come, reports ends whose start did not
-come and forgets tombstones, once *event time* passes a key's ``deadline``. Event time of a
-pairing partition is the greatest ``occurred_at`` it has seen, from two sources:
+come and forgets tombstones, once *event time* passes a key's ``deadline``. A pairing
+partition's event time is the low watermark of the source partitions (``trovemeter.watermark``):
+every ``tick_interval_seconds`` each worker sends every pairing partition a tick saying, for each
+source partition it reads, how far it has read in event time and whether it has caught up with
+the partition's end. Event time is the least progress among the source partitions still behind
+(the greatest when none is), capped at the wall clock + ``pairing_max_clock_skew_seconds``.
+The events themselves do not move it: a source partition far behind the others (a worker
+restarting, a partition fetched late) would otherwise see its starts' ends arrive after those
+starts were abandoned -- which `make chaos` did, thousands of times, before ticks carried
+per-partition progress. A tick is sent after the forwards read before it, so it never vouches
+for events still in the outbox.
 
-- the notifications it receives;
-- *ticks*: every ``tick_interval_seconds`` each worker sends every pairing partition a tick
-  carrying its source event time (the greatest ``occurred_at`` its source agent has seen), so a
-  partition that receives no phased events still moves on with the rest of the stream.
-
-Both are capped at the wall clock + ``pairing_max_clock_skew_seconds``. Table writes happen only
-while processing a record of the partition concerned (a batch or a tick), never from a timer.
-Keys are found by deadline without scanning the table: a min-heap of (deadline, key) per
-partition, pushed on every state change (a stale entry is recognised when popped: the key's
-current deadline is later) and rebuilt from the table after every recovery.
-
-What a partition's event time does not know: a source partition far behind the others (a worker
-restarting) delivers its events late; within ``pairing_allowed_lateness_seconds`` that changes
-nothing, beyond it an end may find its start already abandoned (the pure core's contract).
+Table writes happen only while processing a record of the partition concerned (a batch or a
+tick), never from a timer. Keys are found by deadline without scanning the table: a min-heap of
+(deadline, key) per partition, pushed on every state change (a stale entry is recognised when
+popped: the key's current deadline is later) and rebuilt from the table after every recovery.
 
 Also here: ``recent_operations``, a ring of the last ``recent_operations_per_partition``
 finished operations per partition (the ``/operations/recent/`` view), and the tick timer.
@@ -50,18 +49,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from streams.app import app, settings
-from streams.resource_agent import EventClock, source_clock, source_handlers
+from streams.resource_agent import EventClock, read_progress, source_handlers
 from streams.tables import open_operations, outbox, recent_operations
 from streams.topics import (
     APP_ID_HEADER,
     PAIRING_TOPIC,
     PARTITIONS,
+    is_old_tick,
     pack_tick,
     pairing_partition,
     pairing_topic,
-    tick_time,
+    tick_reports,
     unpack_batch,
 )
 from trovemeter.codec import CodecError, decode, encode, header_for
@@ -75,6 +76,7 @@ from trovemeter.pairing import (
     join_key,
     step,
 )
+from trovemeter.watermark import LowWatermark, SourceProgress
 
 log = logging.getLogger("trovemeter.streams")
 
@@ -163,6 +165,7 @@ class PairingShell:
         self.ring = ring
         self.clock = EventClock(policy.max_clock_skew)  # only for its cap
         self.event_time: dict[int, datetime] = {}
+        self.watermarks: dict[int, LowWatermark] = {}  # pairing partition -> its sources' progress
         self._heaps: dict[int, list[tuple[datetime, str]]] = {}
         self.operations_topic = settings.operations_topic
         self.errors_topic = settings.errors_topic
@@ -172,7 +175,6 @@ class PairingShell:
         key = join_key(n)
         if key is None:  # not forwarded by us; nothing to pair
             return
-        self._observe(partition, n.occurred_at)
         old = open_operations.get(key)
         new, records = step(old, n, self.policy)
         if new is not old and new is not None:
@@ -180,15 +182,18 @@ class PairingShell:
             self._push(partition, new)
         self._emit(partition, records)
 
-    def advance(self, partition: int, moment: datetime) -> None:
-        """A tick: event time of ``partition`` moves to ``moment`` (if later)."""
-        self._observe(partition, moment)
-        self.sweep(partition)
-
-    def _observe(self, partition: int, moment: datetime) -> None:
+    def advance(self, partition: int, reports: list[SourceProgress]) -> None:
+        """A tick: the sources' progress moves event time of ``partition`` (never back)."""
+        watermark = self.watermarks.get(partition)
+        if watermark is None:
+            watermark = self.watermarks[partition] = LowWatermark(PARTITIONS)
+        moment = watermark.update(reports)
+        if moment is None:
+            return
         current = self.event_time.get(partition)
         if current is None or moment > current:
             self.event_time[partition] = self.clock.capped(moment)
+        self.sweep(partition)
 
     def sweep(self, partition: int) -> None:
         """Expire the keys of ``partition`` whose deadline event time has passed."""
@@ -248,6 +253,7 @@ class PairingShell:
         for partition in partitions:
             self._heaps.pop(partition, None)
             self.event_time.pop(partition, None)
+            self.watermarks.pop(partition, None)
 
     def open_count(self) -> int:
         return sum(len(heap) for heap in self._heaps.values())
@@ -274,14 +280,18 @@ async def pairing(stream: Any) -> None:
         outbox.processed(event)
         value = event.value
         partition = event.message.partition
-        moment = tick_time(value)
-        if moment is not None:
-            shell.advance(partition, moment)
-            # Source handlers with an ``on_tick`` (see streams/resource_agent.py).
-            for handler in source_handlers:
-                on_tick = getattr(handler, "on_tick", None)
-                if on_tick is not None:
-                    on_tick(partition, shell.event_time[partition])
+        reports = tick_reports(value)
+        if reports is not None:
+            shell.advance(partition, reports)
+            moment = shell.event_time.get(partition)
+            if moment is not None:
+                # Source handlers with an ``on_tick`` (see streams/resource_agent.py).
+                for handler in source_handlers:
+                    on_tick = getattr(handler, "on_tick", None)
+                    if on_tick is not None:
+                        on_tick(partition, moment)
+            continue
+        if is_old_tick(value):
             continue
         try:
             raws = list(unpack_batch(value))
@@ -305,16 +315,30 @@ async def pairing(stream: Any) -> None:
         shell.sweep(partition)
 
 
-_last_tick: list[datetime | None] = [None]
+def _highwater(partition: int) -> int | None:
+    consumer = getattr(app, "_consumer", None)  # not ``app.consumer``: that creates one
+    if consumer is None:
+        return None
+    try:
+        return consumer.highwater(TP(settings.source_topic, partition))
+    except Exception:  # noqa: BLE001 - consumer not started, partition not fetched yet
+        return None
+
+
+def _committed(partition: int) -> int | None:
+    consumer = getattr(app, "_consumer", None)
+    if consumer is None:
+        return None
+    return consumer._committed_offset.get(TP(settings.source_topic, partition))
 
 
 @app.timer(interval=settings.tick_interval_seconds)
 async def send_ticks() -> None:
-    """This worker's source event time to every pairing partition (when it moved)."""
-    now = source_clock.now
-    if now is None or now == _last_tick[0]:
+    """This worker's progress on its source partitions, to every pairing partition."""
+    reports = read_progress.reports(_highwater, _committed)
+    if not reports:
         return
-    _last_tick[0] = now
-    tick = pack_tick(now)
+    outbox.flush_forwards()  # the tick must not overtake the events it vouches for
+    tick = pack_tick(reports)
     for partition in range(PARTITIONS):
         outbox.emit(PAIRING_TOPIC, tick, partition=partition)

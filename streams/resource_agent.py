@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from streams.app import app, settings
@@ -50,6 +51,7 @@ from streams.topics import APP_ID_HEADER, source_topic
 from trovemeter.codec import CodecError, decode, encode, header_for
 from trovemeter.model import Notification, ResourceState
 from trovemeter.resource_state import TRACKED_TYPES, apply
+from trovemeter.watermark import SourceProgress
 
 log = logging.getLogger("trovemeter.streams")
 
@@ -77,7 +79,43 @@ class EventClock:
         return now
 
 
+class ReadProgress:
+    """How far this worker has read each source partition it owns: what its pairing ticks
+    report (``trovemeter.watermark``)."""
+
+    def __init__(self) -> None:
+        self.owned: set[int] = set()
+        self._read_through: dict[int, datetime] = {}
+        self._offsets: dict[int, int] = {}  # partition -> last offset read
+
+    def read(self, partition: int, offset: int, moment: datetime | None) -> None:
+        self._offsets[partition] = offset
+        if moment is not None:
+            current = self._read_through.get(partition)
+            if current is None or moment > current:
+                self._read_through[partition] = moment
+
+    def reports(self, highwater: Callable[[int], int | None],
+                committed: Callable[[int], int | None]) -> list[SourceProgress]:
+        """One report per owned partition; caught up when the next offset to read is the
+        partition's end (the consumer's high watermark)."""
+        reports = []
+        for partition in sorted(self.owned):
+            end = highwater(partition)
+            last = self._offsets.get(partition)
+            position = last + 1 if last is not None else committed(partition) or 0
+            reports.append(SourceProgress(partition, self._read_through.get(partition),
+                                          end is not None and position >= end))
+        return reports
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            self._read_through.pop(partition, None)
+            self._offsets.pop(partition, None)
+
+
 source_clock = EventClock(timedelta(seconds=settings.pairing_max_clock_skew_seconds))
+read_progress = ReadProgress()
 RESOURCE_STATE_HEADER = header_for(ResourceState)
 
 
@@ -137,25 +175,30 @@ async def notifications(stream: Any) -> None:
     """trove.notifications -> every source handler."""
     handlers = source_handlers
     observe = source_clock.observe
+    read = read_progress.read
     processed = outbox.processed
     # noack: an event is acknowledged by the outbox once what it caused is durable.
     async for event in stream.noack().events():
         processed(event)  # (effects below join the current epoch before it can close)
         raw = event.value
+        message = event.message
         try:
             n = decode(raw)
         except CodecError as exc:
             # Not ours to repair: the shovel dead-letters what it cannot parse, so this is a
             # foreign or corrupt record. Skipped (and counted), never a crash loop.
             outbox.stats["undecodable"] += 1
-            log.warning("skipping undecodable record %s[%s]@%s: %s", event.message.topic,
-                        event.message.partition, event.message.offset, exc)
+            log.warning("skipping undecodable record %s[%s]@%s: %s", message.topic,
+                        message.partition, message.offset, exc)
+            read(message.partition, message.offset, None)
             continue
         if not isinstance(n, Notification):
             outbox.stats["not_a_notification"] += 1
+            read(message.partition, message.offset, None)
             continue
+        partition = message.partition
+        read(partition, message.offset, n.occurred_at)
         observe(n.occurred_at)
-        partition = event.message.partition
         for handler in handlers:
             try:
                 handler.handle(n, raw, partition)

@@ -14,8 +14,14 @@ trove.notifications (source, external)
 
     - a batch: ``b"TMB1"`` then, per notification, a 4-byte big-endian length and the
       notification's Avro bytes exactly as read from the source (no re-encoding);
-    - a tick: ``b"TMT1"`` then the sender's event time as a signed 8-byte big-endian count of
-      microseconds since the epoch (UTC).
+    - a tick: ``b"TMT2"``, a 2-byte count, then per source partition the sender reads: the
+      partition (2 bytes), 1 if it has caught up with the partition's end else 0 (1 byte), and
+      how far it has read in event time (signed 8-byte microseconds since the epoch, UTC;
+      ``-2**63`` for nothing yet), all big-endian. The pairing partition's event time is the low
+      watermark of these reports (``trovemeter.watermark``). A tick with no report only nudges
+      the usage handlers (streams/usage_agent.py). Ticks of the earlier ``TMT1`` format (one
+      time, the sender's greatest) are skipped: that time is what let fast partitions expire
+      starts whose ends were unread on a slow one.
 
     Records carry no key: a batch holds several join keys of one partition.
 
@@ -40,11 +46,14 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from streams.app import app, settings
+from trovemeter.watermark import SourceProgress
 
 BATCH_MAGIC = b"TMB1"
-TICK_MAGIC = b"TMT1"
+TICK_MAGIC = b"TMT2"
+_TICK_COUNT = struct.Struct(">H")
+_TICK_ENTRY = struct.Struct(">HBq")
+_NOTHING_YET = -(2**63)
 _LENGTH = struct.Struct(">I")
-_MICROS = struct.Struct(">q")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 PAIRING_TOPIC = f"{settings.app_id}-pairing"
@@ -109,17 +118,35 @@ def pack_batch(values: Iterable[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def pack_tick(moment: datetime) -> bytes:
+def _micros(moment: datetime) -> int:
     delta = moment - _EPOCH
-    micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-    return TICK_MAGIC + _MICROS.pack(micros)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def tick_time(value: bytes) -> datetime | None:
-    """The event time of a tick, or None when ``value`` is not a tick."""
-    if len(value) != 12 or value[:4] != TICK_MAGIC:
+def pack_tick(reports: Iterable[SourceProgress]) -> bytes:
+    entries = [_TICK_ENTRY.pack(r.partition, 1 if r.caught_up else 0,
+                                _NOTHING_YET if r.read_through is None else _micros(r.read_through))
+               for r in reports]
+    return b"".join([TICK_MAGIC, _TICK_COUNT.pack(len(entries)), *entries])
+
+
+def tick_reports(value: bytes) -> list[SourceProgress] | None:
+    """The reports of a tick, or None when ``value`` is not a tick of this format."""
+    if value[:4] != TICK_MAGIC or len(value) < 6:
         return None
-    return _EPOCH + timedelta(microseconds=_MICROS.unpack_from(value, 4)[0])
+    (count,) = _TICK_COUNT.unpack_from(value, 4)
+    if len(value) != 6 + count * _TICK_ENTRY.size:
+        return None
+    reports = []
+    for i in range(count):
+        partition, caught_up, micros = _TICK_ENTRY.unpack_from(value, 6 + i * _TICK_ENTRY.size)
+        read = None if micros == _NOTHING_YET else _EPOCH + timedelta(microseconds=micros)
+        reports.append(SourceProgress(partition, read, bool(caught_up)))
+    return reports
+
+
+def is_old_tick(value: bytes) -> bool:
+    return len(value) == 12 and value[:4] == b"TMT1"
 
 
 def unpack_batch(value: bytes) -> Iterator[bytes]:

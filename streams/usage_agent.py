@@ -46,7 +46,8 @@ Quiet partitions: ticks
 -----------------------
 A partition that receives no events does not move its watermark by itself. The pairing agent
 calls ``on_tick(partition, event_time)`` for every tick it receives (``streams/pairing_agent.py``:
-every second each worker sends its source event time to every pairing partition; the same
+every ``tick_interval_seconds`` each worker sends every pairing partition its progress on the
+source partitions, and the pairing partition's event time is their low watermark; the same
 worker owns partition *p* of the pairing and the source topic). A tick moves the watermark only
 of a source partition that is **idle**: no event for ``usage_idle_partition_seconds`` and, when
 the consumer knows it, nothing left to read (the last offset processed here + 1 >= the
@@ -54,9 +55,8 @@ partition's high watermark). A partition that is merely behind -- a worker catch
 replay, Kafka handing out another partition's backlog first -- closes its hours with its own
 events, never with the event time of faster partitions: otherwise its events would arrive
 "late" and become corrections, or, beyond the correction retention, be dropped. A tick that
-finds its partition busy is kept, and re-sent to that pairing partition by ``usage_ticks`` every
-``tick_interval_seconds`` until the partition is idle (the pairing agent's own ticks stop once
-event time stops moving).
+finds its partition busy changes nothing: ticks keep coming every ``tick_interval_seconds``,
+and one of them finds the partition idle.
 
 Usage view
 ----------
@@ -82,7 +82,6 @@ from faust.types import TP
 from streams.app import app, settings
 from streams.resource_agent import source_clock, source_handlers
 from streams.tables import metering, outbox, usage_clock, usage_ledger
-from streams.topics import PAIRING_TOPIC, pack_tick
 from trovemeter.accrual import (
     HOUR_US,
     METERED_TYPES,
@@ -153,7 +152,6 @@ class UsageMeter:
         self._swept: dict[int, int] = {}  # partition -> closed_through of its last sweep
         self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
         self._offsets: dict[int, int] = {}  # partition -> last offset processed
-        self._pending: dict[int, datetime] = {}  # partition -> a tick it was too busy for
         self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
         self.stats: dict[str, int] = {"applied": 0, "sweeps": 0, "swept_keys": 0,
                                       "records": 0, "corrections": 0, "discrepancies": 0,
@@ -187,18 +185,10 @@ class UsageMeter:
         moment = to_us(event_time)
         current = self._watermark(partition)
         if current is not None and moment <= current:
-            self._pending.pop(partition, None)
             return
         if not self._idle(partition):
-            pending = self._pending.get(partition)
-            if pending is None or event_time > pending:
-                self._pending[partition] = event_time
             return
-        self._pending.pop(partition, None)
         self._maybe_sweep(partition, self._observe(partition, moment))
-
-    def pending_ticks(self) -> list[tuple[int, datetime]]:
-        return sorted(self._pending.items())
 
     def _idle(self, partition: int) -> bool:
         now = time.monotonic()
@@ -362,8 +352,7 @@ class UsageMeter:
     # ------------------------------------------------------------- rebalances
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Partitions that left this worker (None: all): their cached clock and sweep marks."""
-        for cache in (self._watermarks, self._swept, self._last_event, self._offsets,
-                      self._pending):
+        for cache in (self._watermarks, self._swept, self._last_event, self._offsets):
             if partitions is None:
                 cache.clear()
             else:
@@ -378,8 +367,7 @@ class UsageMeter:
     def snapshot(self) -> dict[str, Any]:
         return {**self.stats,
                 "watermarks": {str(p): from_us(w).isoformat()
-                               for p, w in sorted(self._watermarks.items())},
-                "pending_ticks": len(self._pending)}
+                               for p, w in sorted(self._watermarks.items())}}
 
 
 policy = AccrualPolicy.from_settings(settings)
@@ -388,16 +376,3 @@ usage = UsageMeter(policy, settings.usage_topic, settings.usage_discrepancies_to
                    view_hours=settings.usage_view_hours)
 source_handlers.append(usage)
 
-
-def send_pending_ticks() -> int:
-    """Re-send the ticks that found their source partition busy (see "Quiet partitions") to
-    that pairing partition; returns how many."""
-    pending = usage.pending_ticks()
-    for partition, moment in pending:
-        outbox.emit(PAIRING_TOPIC, pack_tick(moment), partition=partition)
-    return len(pending)
-
-
-@app.timer(interval=settings.tick_interval_seconds)
-async def usage_ticks() -> None:
-    send_pending_ticks()

@@ -172,6 +172,8 @@ def local_status() -> dict[str, Any]:
         "recovered": recovered,
         "source_event_time": source_clock.now.isoformat() if source_clock.now else None,
         "pairing_event_time": {str(p): t.isoformat() for p, t in sorted(shell.event_time.items())},
+        # Source partitions holding each pairing partition's event time back (trovemeter.watermark).
+        "pairing_held_back_by": {str(p): w.behind() for p, w in sorted(shell.watermarks.items())},
         "tables": {table.name: len(table) for table in STAGED_TABLES},
         "usage": usage.snapshot(),
         "outbox": outbox.snapshot(),

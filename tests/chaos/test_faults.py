@@ -246,7 +246,7 @@ def test_publisher_counts_only_what_rabbitmq_confirmed_into_the_queue(
     fixtures = load_fixtures()
     batch = [WireMessage(fixtures[i % len(fixtures)].with_message_id(str(uuid.uuid4())),
                          "notifications.info", exchange, AMQP_PROPERTIES, None, "valid", 0.0)
-             for i in range(3000)]
+             for i in range(6000)]
     with Rabbit(rabbit_url) as rabbit:
         rabbit.prepare(queue, [exchange])
         publisher = ConfirmedPublisher(rabbit_url, exchange, 1000, lambda m: message_id_of(m.body))

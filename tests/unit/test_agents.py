@@ -31,10 +31,11 @@ from streams.topics import (
     pack_batch,
     pack_tick,
     pairing_partition,
-    tick_time,
+    tick_reports,
     unpack_batch,
 )
 from trovemeter.codec import SCHEMA_NAME_HEADER, decode, encode
+from trovemeter.watermark import SourceProgress
 from trovemeter.model import (
     Notification,
     OperationCompleted,
@@ -149,6 +150,7 @@ def producer() -> FakeProducer:
         table._data.clear()
         table._partition_of.clear()
     shell.event_time.clear()
+    shell.watermarks.clear()
     shell._heaps.clear()
     recent.forget()
     resource_state.forget_index()
@@ -180,6 +182,11 @@ async def feed_pairing(*values: tuple[int, bytes]) -> None:
             await asyncio.sleep(0)
 
 
+def tick_at(moment: datetime) -> bytes:
+    """A tick saying every source partition has been read through ``moment``."""
+    return pack_tick([SourceProgress(p, moment, False) for p in range(settings.topic_partitions)])
+
+
 def batch_for(*events: Notification) -> list[tuple[int, bytes]]:
     """Pairing records as the forwarder would send them, one per notification."""
     return [(pairing_partition(join_key(n) or ""), pack_batch([encode(n)])) for n in events]
@@ -196,8 +203,10 @@ def test_batches_and_ticks_round_trip() -> None:
     values = [b"\xc3\x01" + bytes(range(20)), b"", b"x" * 70_000]
     assert list(unpack_batch(pack_batch(values))) == values
     moment = datetime(2026, 11, 25, 8, 0, 0, 123456, tzinfo=UTC)
-    assert tick_time(pack_tick(moment)) == moment
-    assert tick_time(pack_batch(values)) is None
+    reports = [SourceProgress(0, moment, False), SourceProgress(3, None, True)]
+    assert tick_reports(pack_tick(reports)) == reports
+    assert tick_reports(pack_tick([])) == []
+    assert tick_reports(pack_batch(values)) is None
     with pytest.raises(ValueError):
         list(unpack_batch(b"TMB1\x00\x00\x00\x09abc"))
     with pytest.raises(ValueError):
@@ -352,15 +361,15 @@ def test_ticks_abandon_starts_and_forget_tombstones(producer: FakeProducer) -> N
 
     async def scenario() -> None:
         await feed_pairing((partition, pack_batch([encode(start)])),
-                           (partition, pack_tick(at(60))))
+                           (partition, tick_at(at(60))))
         assert producer.on(settings.operations_topic) == []
         assert [op["join_key"] for op in web.local_open({})] == [key]
         passed = start.occurred_at + timeout + lateness + timedelta(seconds=1)
-        await feed_pairing((partition, pack_tick(passed)))
+        await feed_pairing((partition, tick_at(passed)))
         assert len(producer.on(settings.operations_topic)) == 1
         assert web.local_open({}) == []  # only the tombstone is left
         later = passed + retention + timedelta(seconds=1)
-        await feed_pairing((partition, pack_tick(later)))
+        await feed_pairing((partition, tick_at(later)))
 
     run(scenario)
     [record] = producer.decoded(settings.operations_topic)
@@ -369,13 +378,36 @@ def test_ticks_abandon_starts_and_forget_tombstones(producer: FakeProducer) -> N
     assert shell.event_time[partition] > start.occurred_at + timeout
 
 
+def test_a_source_partition_behind_holds_expiry_back(producer: FakeProducer) -> None:
+    """Fast source partitions must not abandon a start whose end is still unread on a slow one
+    (a worker restarting): event time is the slowest partition's progress."""
+    start = note(Phase.START, 0, request_id="r-9")
+    end = note(Phase.END, 600, request_id="r-9")
+    partition = pairing_partition(join_key(start) or "")
+    far = start.occurred_at + policy.timeout(ResourceType.INSTANCE, "create") \
+        + policy.allowed_lateness + timedelta(hours=1)
+    slow = [SourceProgress(p, far if p else start.occurred_at, False)
+            for p in range(settings.topic_partitions)]
+
+    async def scenario() -> None:
+        await feed_pairing((partition, pack_batch([encode(start)])),
+                           (partition, pack_tick(slow)))
+        assert producer.on(settings.operations_topic) == []  # partition 0 is still behind
+        await feed_pairing((partition, pack_batch([encode(end)])),
+                           (partition, tick_at(far)))
+
+    run(scenario)
+    [record] = producer.decoded(settings.operations_topic)
+    assert record.outcome is Outcome.SUCCEEDED and record.duration_seconds == 600.0
+
+
 def test_ticks_of_another_partition_change_nothing(producer: FakeProducer) -> None:
     start = note(Phase.START, 0, request_id="r-7")
     partition = pairing_partition(join_key(start) or "")
     other = (partition + 1) % settings.topic_partitions
 
     run(lambda: feed_pairing((partition, pack_batch([encode(start)])),
-                             (other, pack_tick(at(86_000)))))
+                             (other, tick_at(at(86_000)))))
 
     assert producer.on(settings.operations_topic) == []
 
@@ -386,7 +418,7 @@ def test_event_time_is_capped_near_the_wall_clock(producer: FakeProducer) -> Non
     far_future = datetime.now(UTC) + timedelta(days=365)
 
     run(lambda: feed_pairing((partition, pack_batch([encode(start)])),
-                             (partition, pack_tick(far_future))))
+                             (partition, tick_at(far_future))))
 
     assert shell.event_time[partition] < datetime.now(UTC) + timedelta(hours=1)
 

@@ -24,9 +24,16 @@ from streams.app import settings
 from streams.pairing_agent import forwarder, recent, shell
 from streams.resource_agent import resource_state, source_clock
 from streams.tables import STAGED_TABLES, metering, outbox, usage_clock, usage_ledger
-from streams.topics import PAIRING_TOPIC, pack_batch, pack_tick, tick_time
-from streams.usage_agent import dump_state, load_state, records_between, send_pending_ticks
-from tests.unit.test_agents import FakeProducer, Produced, feed_pairing, feed_source, run
+from streams.topics import PAIRING_TOPIC, pack_batch
+from streams.usage_agent import dump_state, load_state, records_between
+from tests.unit.test_agents import (
+    FakeProducer,
+    Produced,
+    feed_pairing,
+    feed_source,
+    run,
+    tick_at,
+)
 from trovemeter.accrual import (
     EXISTS_SECONDS,
     INSTANCE_SECONDS,
@@ -110,6 +117,7 @@ def producer() -> Iterator[FakeProducer]:
         table._data.clear()
         table._partition_of.clear()
     shell.event_time.clear()
+    shell.watermarks.clear()
     shell._heaps.clear()
     recent.forget()
     resource_state.forget_index()
@@ -280,32 +288,28 @@ def test_a_tick_closes_the_hours_of_a_quiet_partition(producer: FakeProducer) ->
 
     async def scenario() -> None:
         await feed_source(create_end("inst-q", 600), partition=2)
-        await feed_pairing((2, pack_tick(at(HOUR + 700))))
+        await feed_pairing((2, tick_at(at(HOUR + 700))))
 
     run(scenario)
     assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
     assert usage_clock.get("2") == to_us(at(HOUR + 700))
 
 
-def test_a_tick_waits_while_the_partition_is_busy_and_is_sent_again(
+def test_a_tick_waits_while_the_partition_is_busy_and_a_later_one_closes_the_hour(
         producer: FakeProducer) -> None:
     usage.idle_seconds = 3600.0  # the partition had an event just now: busy
 
     async def scenario() -> None:
         await feed_source(create_end("inst-q", 600), partition=2)
-        await feed_pairing((2, pack_tick(at(HOUR + 700))))
-        assert producer.on(USAGE) == []  # not closed by another partition's event time
-        assert send_pending_ticks() == 1
+        await feed_pairing((2, tick_at(at(HOUR + 700))))
 
     run(scenario)
-    [again] = [r for r in producer.on(PAIRING_TOPIC) if tick_time(r.value or b"")]
-    assert again.partition == 2 and tick_time(again.value or b"") == at(HOUR + 700)
+    assert producer.on(USAGE) == []  # not closed by another partition's event time
     assert usage_clock.get("2") == to_us(at(600))
 
-    usage.idle_seconds = 0.0  # idle now: the tick sent again closes the hour
-    run(lambda: feed_pairing((2, again.value or b"")))
+    usage.idle_seconds = 0.0  # idle now: the next tick (one every second) closes the hour
+    run(lambda: feed_pairing((2, tick_at(at(HOUR + 700)))))
     assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
-    assert usage.pending_ticks() == []
 
 
 # ------------------------------------------------------------------ the view
