@@ -117,6 +117,9 @@ class Outbox:
         # Closed epochs, oldest first, on their way to durability.
         self._closed: list[_Closed] = []
         self._forwards: dict[int, list[bytes]] = {}
+        # (topic, partition) -> the last offset whose effects are durable (acknowledged): what a
+        # restart after a crash would not read again, up to Faust's next commit.
+        self.durable_offsets: dict[tuple[str, int], int] = {}
         self._forward_count = 0
         self._forward_timer: asyncio.TimerHandle | None = None
         self._checkpointing = False
@@ -270,11 +273,14 @@ class Outbox:
             self._closed.pop(0)
 
     def _ack(self, events: list[Any]) -> None:
+        durable = self.durable_offsets
         for event in events:
             try:
                 event.ack()
             except Exception:  # noqa: BLE001 - a consumer already gone: nothing to commit
                 self.stats["ack_errors"] += 1
+            message = event.message
+            durable[(message.topic, message.partition)] = message.offset
         self.stats["acked"] += len(events)
 
     def _forget_confirmed_epochs(self) -> None:

@@ -24,7 +24,8 @@ come and forgets tombstones, once *event time* passes a key's ``deadline``. A pa
 partition's event time is the low watermark of the source partitions (``trovemeter.watermark``):
 every ``tick_interval_seconds`` each worker sends every pairing partition a tick saying, for each
 source partition it reads, how far it has read in event time and whether it has caught up with
-the partition's end. Event time is the least progress among the source partitions still behind
+the partition's end -- counting only events whose effects are durable, so that a replay after a
+crash never finds event time already past the events it reads again (``ReadProgress``). Event time is the least progress among the source partitions still behind
 (the greatest when none is), capped at the wall clock + ``pairing_max_clock_skew_seconds``.
 The events themselves do not move it: a source partition far behind the others (a worker
 restarting, a partition fetched late) would otherwise see its starts' ends arrive after those
@@ -332,10 +333,14 @@ def _committed(partition: int) -> int | None:
     return consumer._committed_offset.get(TP(settings.source_topic, partition))
 
 
+def _durable(partition: int) -> int | None:
+    return outbox.durable_offsets.get((settings.source_topic, partition))
+
+
 @app.timer(interval=settings.tick_interval_seconds)
 async def send_ticks() -> None:
     """This worker's progress on its source partitions, to every pairing partition."""
-    reports = read_progress.reports(_highwater, _committed)
+    reports = read_progress.reports(_highwater, _committed, _durable)
     if not reports:
         return
     outbox.flush_forwards()  # the tick must not overtake the events it vouches for

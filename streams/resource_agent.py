@@ -80,13 +80,20 @@ class EventClock:
 
 
 class ReadProgress:
-    """How far this worker has read each source partition it owns: what its pairing ticks
-    report (``trovemeter.watermark``)."""
+    """How far this worker has read each source partition it owns, counting only events whose
+    effects are durable: what its pairing ticks report (``trovemeter.watermark``).
+
+    Only durable progress may be vouched for: after a crash the events past the last durable
+    one are read again, and a tick that had vouched for them would have moved event time past
+    them already -- their starts would be abandoned on replay. So each tick takes a *mark*
+    (last offset read, event time read through) per partition, and reports the newest mark
+    at or below the partition's durable offset (``Outbox.durable_offsets``)."""
 
     def __init__(self) -> None:
         self.owned: set[int] = set()
         self._read_through: dict[int, datetime] = {}
         self._offsets: dict[int, int] = {}  # partition -> last offset read
+        self._marks: dict[int, list[tuple[int, datetime | None]]] = {}  # oldest first
 
     def read(self, partition: int, offset: int, moment: datetime | None) -> None:
         self._offsets[partition] = offset
@@ -96,15 +103,26 @@ class ReadProgress:
                 self._read_through[partition] = moment
 
     def reports(self, highwater: Callable[[int], int | None],
-                committed: Callable[[int], int | None]) -> list[SourceProgress]:
-        """One report per owned partition; caught up when the next offset to read is the
-        partition's end (the consumer's high watermark)."""
+                committed: Callable[[int], int | None],
+                durable: Callable[[int], int | None]) -> list[SourceProgress]:
+        """One report per owned partition: caught up when the next offset after the durable
+        one is the partition's end (the consumer's high watermark)."""
         reports = []
         for partition in sorted(self.owned):
-            end = highwater(partition)
+            marks = self._marks.setdefault(partition, [])
             last = self._offsets.get(partition)
-            position = last + 1 if last is not None else committed(partition) or 0
-            reports.append(SourceProgress(partition, self._read_through.get(partition),
+            if last is not None and (not marks or marks[-1][0] != last):
+                marks.append((last, self._read_through.get(partition)))
+            done = durable(partition)
+            read_through = None
+            if done is not None:
+                vouched = [i for i, (offset, _) in enumerate(marks) if offset <= done]
+                if vouched:
+                    del marks[:vouched[-1]]  # older marks are superseded
+                    read_through = marks[0][1]
+            end = highwater(partition)
+            position = done + 1 if done is not None else committed(partition) or 0
+            reports.append(SourceProgress(partition, read_through,
                                           end is not None and position >= end))
         return reports
 
@@ -112,6 +130,7 @@ class ReadProgress:
         for partition in partitions:
             self._read_through.pop(partition, None)
             self._offsets.pop(partition, None)
+            self._marks.pop(partition, None)
 
 
 source_clock = EventClock(timedelta(seconds=settings.pairing_max_clock_skew_seconds))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from types import SimpleNamespace
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from streams.agents import count_errors, notifications, pairing
 from streams.app import app, settings
 from streams.outbox import Outbox, OutboxError
 from streams.pairing_agent import RECORD_ID_HEADER, forwarder, policy, recent, shell
-from streams.resource_agent import resource_state, source_clock
+from streams.resource_agent import ReadProgress, resource_state, source_clock
 from streams.tables import STAGED_TABLES, error_counts, open_operations, outbox, resources
 from streams.topics import (
     PAIRING_TOPIC,
@@ -401,6 +402,25 @@ def test_a_source_partition_behind_holds_expiry_back(producer: FakeProducer) -> 
     assert record.outcome is Outcome.SUCCEEDED and record.duration_seconds == 600.0
 
 
+def test_ticks_vouch_only_for_events_whose_effects_are_durable() -> None:
+    """A crash re-reads what is not durable: a tick must not have moved event time past it."""
+    progress = ReadProgress()
+    progress.owned = {0, 1}
+    durable: dict[int, int] = {}
+
+    def reports() -> list[SourceProgress]:
+        return progress.reports(lambda p: 100, lambda p: None, durable.get)
+
+    progress.read(0, 10, at(60))
+    assert reports() == [SourceProgress(0, None, False), SourceProgress(1, None, False)]
+    progress.read(0, 11, at(600))  # read, not yet durable
+    progress.read(1, 99, at(30))
+    durable.update({0: 10, 1: 99})
+    assert reports() == [SourceProgress(0, at(60), False), SourceProgress(1, at(30), True)]
+    durable[0] = 11
+    assert reports()[0] == SourceProgress(0, at(600), False)
+
+
 def test_ticks_of_another_partition_change_nothing(producer: FakeProducer) -> None:
     start = note(Phase.START, 0, request_id="r-7")
     partition = pairing_partition(join_key(start) or "")
@@ -500,6 +520,11 @@ def test_table_changes_reach_the_changelog_only_after_their_outputs() -> None:
 class _Event:
     name: str
     acked: list[str]
+    offset: int = 0
+
+    @property
+    def message(self) -> Any:
+        return SimpleNamespace(topic="source", partition=0, offset=self.offset)
 
     def ack(self) -> bool:
         self.acked.append(self.name)
@@ -512,15 +537,17 @@ def test_events_are_acknowledged_only_once_their_effects_are_durable() -> None:
     table, acked = _Table(), []
 
     async def scenario() -> None:
-        box.processed(_Event("e1", acked))
+        box.processed(_Event("e1", acked, offset=7))
         box.emit("out", b"record-1", "k")
         box.stage(table, 0, "key", {"v": 1})
-        box.processed(_Event("e2", acked))  # no effects of its own, same epoch
+        box.processed(_Event("e2", acked, offset=8))  # no effects of its own, same epoch
         await box.checkpoint(max_wait=0.05)
         assert acked == [] and fake.on(table.changelog_topic_name) == []
+        assert box.durable_offsets == {}
         fake.hold = False
         await box.checkpoint(max_wait=0.05)
         assert acked == ["e1", "e2"]  # output, then changelog, confirmed
+        assert box.durable_offsets == {("source", 0): 8}
         assert len(fake.on(table.changelog_topic_name)) == 1
         box.processed(_Event("e3", acked))
         box.stage(table, 0, "key", {"v": 2})
