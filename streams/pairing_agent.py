@@ -337,12 +337,21 @@ def _durable(partition: int) -> int | None:
     return outbox.durable_offsets.get((settings.source_topic, partition))
 
 
+_last_reports: list[list[SourceProgress]] = [[]]
+
+
 @app.timer(interval=settings.tick_interval_seconds)
 async def send_ticks() -> None:
-    """This worker's progress on its source partitions, to every pairing partition."""
+    """This worker's progress on its source partitions, to every pairing partition: when it
+    changed, or when a source handler waits for another tick (usage: a partition that was busy
+    when the last one came). An idle worker sends nothing, so its consumer lag can reach 0."""
     reports = read_progress.reports(_highwater, _committed, _durable)
     if not reports:
         return
+    waiting = any(getattr(handler, "wants_tick", lambda: False)() for handler in source_handlers)
+    if reports == _last_reports[0] and not waiting:
+        return
+    _last_reports[0] = reports
     outbox.flush_forwards()  # the tick must not overtake the events it vouches for
     tick = pack_tick(reports)
     for partition in range(PARTITIONS):

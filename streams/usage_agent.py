@@ -55,8 +55,8 @@ partition's high watermark). A partition that is merely behind -- a worker catch
 replay, Kafka handing out another partition's backlog first -- closes its hours with its own
 events, never with the event time of faster partitions: otherwise its events would arrive
 "late" and become corrections, or, beyond the correction retention, be dropped. A tick that
-finds its partition busy changes nothing: ticks keep coming every ``tick_interval_seconds``,
-and one of them finds the partition idle.
+finds its partition busy is remembered (``wants_tick``): the worker then sends ticks every
+``tick_interval_seconds`` even if nothing moved, until one finds the partition idle.
 
 Usage view
 ----------
@@ -152,6 +152,7 @@ class UsageMeter:
         self._swept: dict[int, int] = {}  # partition -> closed_through of its last sweep
         self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
         self._offsets: dict[int, int] = {}  # partition -> last offset processed
+        self._waiting: set[int] = set()  # partitions a tick found busy
         self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
         self.stats: dict[str, int] = {"applied": 0, "sweeps": 0, "swept_keys": 0,
                                       "records": 0, "corrections": 0, "discrepancies": 0,
@@ -185,10 +186,17 @@ class UsageMeter:
         moment = to_us(event_time)
         current = self._watermark(partition)
         if current is not None and moment <= current:
+            self._waiting.discard(partition)
             return
         if not self._idle(partition):
+            self._waiting.add(partition)
             return
+        self._waiting.discard(partition)
         self._maybe_sweep(partition, self._observe(partition, moment))
+
+    def wants_tick(self) -> bool:
+        """A tick found a partition busy: the next one may find it idle (``send_ticks``)."""
+        return bool(self._waiting)
 
     def _idle(self, partition: int) -> bool:
         now = time.monotonic()
@@ -358,6 +366,10 @@ class UsageMeter:
             else:
                 for partition in partitions:
                     cache.pop(partition, None)
+        if partitions is None:
+            self._waiting.clear()
+        else:
+            self._waiting.difference_update(partitions)
         self._tenants = None
 
     def forget_index(self) -> None:

@@ -306,10 +306,12 @@ def test_a_tick_waits_while_the_partition_is_busy_and_a_later_one_closes_the_hou
     run(scenario)
     assert producer.on(USAGE) == []  # not closed by another partition's event time
     assert usage_clock.get("2") == to_us(at(600))
+    assert usage.wants_tick()  # the worker keeps sending ticks although nothing moved
 
-    usage.idle_seconds = 0.0  # idle now: the next tick (one every second) closes the hour
+    usage.idle_seconds = 0.0  # idle now: the next tick closes the hour
     run(lambda: feed_pairing((2, tick_at(at(HOUR + 700)))))
     assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+    assert not usage.wants_tick()
 
 
 # ------------------------------------------------------------------ the view
