@@ -44,6 +44,7 @@ finished operations per partition (the ``/operations/recent/`` view), and the ti
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import logging
 from datetime import datetime, timedelta
@@ -316,14 +317,35 @@ async def pairing(stream: Any) -> None:
         shell.sweep(partition)
 
 
-def _highwater(partition: int) -> int | None:
-    consumer = getattr(app, "_consumer", None)  # not ``app.consumer``: that creates one
-    if consumer is None:
-        return None
-    try:
-        return consumer.highwater(TP(settings.source_topic, partition))
-    except Exception:  # noqa: BLE001 - consumer not started, partition not fetched yet
-        return None
+class LogEnds:
+    """The source partitions' log-end offsets, asked of the broker at each tick. Not the Faust
+    consumer's ``highwater``: that is the end known at the partition's last fetch, which can be
+    seconds old when fetching favours other partitions (a restart's backlog), and a partition
+    that looks caught up by it stops holding event time back while older events wait unread."""
+
+    def __init__(self) -> None:
+        self._consumer: Any = None
+
+    def query(self, partitions: list[int]) -> dict[int, int]:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        if self._consumer is None:
+            # Never subscribes or commits: the group id is only what the client requires.
+            self._consumer = Consumer({**settings.kafka_client_config(),
+                                       "group.id": f"{settings.app_id}-log-ends",
+                                       "enable.auto.commit": False, "log_level": 0})
+        ends = {}
+        for partition in partitions:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(settings.source_topic, partition), timeout=2, cached=False)
+            except KafkaException:
+                continue  # unknown: the partition counts as behind
+            ends[partition] = high
+        return ends
+
+
+log_ends = LogEnds()
 
 
 def _committed(partition: int) -> int | None:
@@ -345,9 +367,11 @@ async def send_ticks() -> None:
     """This worker's progress on its source partitions, to every pairing partition: when it
     changed, or when a source handler waits for another tick (usage: a partition that was busy
     when the last one came). An idle worker sends nothing, so its consumer lag can reach 0."""
-    reports = read_progress.reports(_highwater, _committed, _durable)
-    if not reports:
+    owned = sorted(read_progress.owned)
+    if not owned:
         return
+    ends = await asyncio.get_running_loop().run_in_executor(None, log_ends.query, owned)
+    reports = read_progress.reports(ends.get, _committed, _durable)
     waiting = any(getattr(handler, "wants_tick", lambda: False)() for handler in source_handlers)
     if reports == _last_reports[0] and not waiting:
         return
