@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("TROVEMETER_FIXTURES", ROOT / "tests" / "fixtures" / "wire"))
 TROVEMETER = ROOT / ".venv" / "bin" / "trovemeter"
 RABBITMQCTL = "/usr/lib/rabbitmq/bin/rabbitmqctl"
-RABBIT_NODE = "trovemeter@localhost"
+# The node stack/stack.sh started (moved aside with TROVEMETER_STACK_RABBIT_NODE, as its ports).
+RABBIT_NODE = os.environ.get("TROVEMETER_STACK_RABBIT_NODE", "trovemeter@localhost")
 
 _MESSAGE_ID = re.compile(rb'"message_id\\?": \\?"([0-9a-f-]{36})')
 
