@@ -24,13 +24,16 @@ from collections import Counter
 from multiprocessing.connection import Connection
 from typing import Any
 
-from trovemeter.envelope import BadNotification, parse_body
-from trovemeter.model import RejectReason
+from trovemeter.envelope import BadNotification, parse_fields
+from trovemeter.model import Notification, RejectReason
 
 # (message_id, key, value, headers) for a record; (None, reason value, detail, None) for a
 # delivery to dead-letter.
 Outcome = tuple[Any, Any, Any, Any]
 Item = tuple[bytes, str | None, str | None]  # body, content_type, content_encoding
+_FIELD_INDEX = {field: index for index, field in enumerate(Notification.__dataclass_fields__)}
+_MESSAGE_ID, _REQUEST_ID, _RESOURCE_ID = (_FIELD_INDEX[name] for name in (
+    "message_id", "request_id", "resource_id"))
 
 
 class Transformer:
@@ -39,6 +42,10 @@ class Transformer:
     def __init__(self, *, max_bytes: int, topic: str, normaliser: Any, serde: Any) -> None:
         self.max_bytes, self.topic = max_bytes, topic
         self.normaliser, self.serde = normaliser, serde
+        # Single-object Avro is written straight from the parsed field values; other wire
+        # formats get the Notification.
+        self._encode_fields = serde.fields_encoder(Notification)
+        self._header = serde.headers_for(Notification)[0]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Transformer:
@@ -55,20 +62,25 @@ class Transformer:
     def __call__(self, body: bytes, content_type: str | None,
                  content_encoding: str | None) -> Outcome:
         try:
-            notification = parse_body(body, max_bytes=self.max_bytes, content_type=content_type,
-                                      content_encoding=content_encoding, normaliser=self.normaliser)
+            fields = parse_fields(body, max_bytes=self.max_bytes, content_type=content_type,
+                                  content_encoding=content_encoding, normaliser=self.normaliser)
         except BadNotification as exc:
             return (None, exc.reason.value, exc.detail, None)
         except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the delivery
             return (None, RejectReason.OTHER.value, f"parser failed: {type(exc).__name__}: {exc}",
                     None)
         try:
-            value = self.serde.encode(notification, self.topic)
-            headers = self.serde.headers_for(notification)
+            if self._encode_fields is not None:
+                value = self._encode_fields(fields)
+                headers = [self._header]
+            else:
+                notification = Notification(*fields)
+                value = self.serde.encode(notification, self.topic)
+                headers = self.serde.headers_for(notification)
         except Exception as exc:  # noqa: BLE001 - CodecError or a bug: dead-letter, never drop
             return (None, RejectReason.ENCODE_FAILED.value, f"{type(exc).__name__}: {exc}", None)
-        key = notification.kafka_key
-        return (notification.message_id, key.encode() if key is not None else None, value, headers)
+        key = fields[_RESOURCE_ID] or fields[_REQUEST_ID]  # Notification.kafka_key
+        return (fields[_MESSAGE_ID], key.encode() if key is not None else None, value, headers)
 
     def unknown_counts(self) -> Counter[str]:
         return self.normaliser.unknown_counts

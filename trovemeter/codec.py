@@ -79,6 +79,11 @@ class RecordSerde(Protocol):
 
     def headers_for(self, record: Any) -> list[tuple[str, bytes]]: ...
 
+    def fields_encoder(self, model: type) -> Callable[[Sequence[Any]], bytes] | None:
+        """``encode`` for a record given as its field values in order, or None when this
+        wire format needs the record itself."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class RegisteredSchema:
@@ -186,6 +191,13 @@ class Codec:
 
     def headers_for(self, record: Any) -> list[tuple[str, bytes]]:
         return [self.entry_for(record).kafka_header]
+
+    def fields_encoder(self, model: type) -> Callable[[Sequence[Any]], bytes] | None:
+        entry = self.entry_for(model)
+        write_fields, header = entry.write_fields, entry.header
+        if write_fields is None:
+            return None
+        return lambda values: header + write_fields(values)
 
 
 @functools.cache

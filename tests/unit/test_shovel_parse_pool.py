@@ -15,7 +15,7 @@ from connectors.shovel import Shovel
 from tests.integration.shovel_harness import load_fixtures
 from tests.unit.test_shovel_delivery import FakeChannel, FakeProducer, deliver
 from trovemeter import codec, topics
-from trovemeter.envelope import default_normaliser
+from trovemeter.envelope import default_normaliser, parse_body
 from trovemeter.settings import ShovelSettings
 
 CONFIG = {"max_bytes": 4096, "topic": topics.NOTIFICATIONS}
@@ -48,6 +48,35 @@ def test_outcomes_match_inline_parsing_in_order() -> None:
     outcomes = [o for _, batch in results for o in batch]
     assert outcomes == expected
     assert outcomes[-2][:2] == (None, "not_json") and outcomes[-1][:2] == (None, "too_large")
+
+
+class RecordOnlySerde:
+    """A wire format that needs the Notification itself (as the Confluent one does)."""
+
+    def __init__(self) -> None:
+        self.codec = codec.default_codec()
+
+    def encode(self, record, topic=None):
+        return self.codec.encode(record, topic)
+
+    def headers_for(self, record):
+        return self.codec.headers_for(record)
+
+    def fields_encoder(self, model):
+        return None
+
+
+def test_outcomes_from_field_values_equal_those_from_the_notification() -> None:
+    bodies = [f.body for f in load_fixtures()] + [b"not json"]
+    by_record = Transformer(max_bytes=4096, topic=topics.NOTIFICATIONS,
+                            normaliser=default_normaliser(), serde=RecordOnlySerde())
+    for body in bodies:
+        outcome = inline()(body, "application/json", "utf-8")
+        assert outcome == by_record(body, "application/json", "utf-8")
+        if outcome[0] is not None:
+            notification = parse_body(body, max_bytes=4096)
+            assert outcome[1] == notification.kafka_key.encode()
+            assert codec.decode(outcome[2]) == notification
 
 
 def test_unknown_event_types_are_counted_across_helpers() -> None:
