@@ -16,11 +16,14 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -98,6 +101,31 @@ def _die_with_parent() -> None:
         pass
 
 
+def _pack(batch_id: int, items: list[Item]) -> bytes:
+    """A batch as one ``Connection.send_bytes`` message: the length of a pickled (batch id,
+    body lengths, (content type, content encoding) of each body), that pickle, then the bodies
+    back to back. Pickling the bodies themselves cost the main process more than the rest of
+    the batch."""
+    head = pickle.dumps((batch_id, [len(body) for body, _, _ in items],
+                         [(ctype, cenc) for _, ctype, cenc in items]), protocol=5)
+    size = 4 + len(head) + sum(len(body) for body, _, _ in items)
+    # Connection's framing: a signed 32-bit big-endian length, or -1 and a 64-bit one.
+    frame = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+    return b"".join([frame, len(head).to_bytes(4, "little"), head,
+                     *[body for body, _, _ in items]])
+
+
+def _unpack(data: bytes) -> tuple[int, list[bytes], list[tuple[Any, Any]]]:
+    """``_pack``'s batch id, bodies and their (content type, content encoding)."""
+    head_end = 4 + int.from_bytes(data[:4], "little")
+    batch_id, lengths, kinds = pickle.loads(memoryview(data)[4:head_end])
+    bodies, start = [], head_end
+    for length in lengths:
+        bodies.append(data[start:start + length])
+        start += length
+    return batch_id, bodies, kinds
+
+
 def _helper_main(conn: Connection) -> None:
     """A helper process: its config, then batches in, outcomes out, until EOF or b""."""
     _die_with_parent()
@@ -115,7 +143,7 @@ def _helper_main(conn: Connection) -> None:
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     counts = transform.unknown_counts()
     seen_unknown = sum(counts.values())
-    dumps, loads = pickle.dumps, pickle.loads
+    dumps = pickle.dumps
     while True:
         try:
             data = conn.recv_bytes()
@@ -123,22 +151,34 @@ def _helper_main(conn: Connection) -> None:
             return
         if not data:
             return
-        batch_id, items = loads(data)
-        outcomes = [transform(body, ctype, cenc) for body, ctype, cenc in items]
+        batch_id, bodies, kinds = _unpack(data)
+        outcomes = [transform(body, ctype, cenc)
+                    for body, (ctype, cenc) in zip(bodies, kinds, strict=True)]
         unknown = None
         total = sum(counts.values()) if counts else 0
         if total != seen_unknown:
             seen_unknown, unknown = total, dict(counts)
-        conn.send_bytes(dumps((batch_id, outcomes, unknown), protocol=5))
+        try:
+            conn.send_bytes(dumps((batch_id, outcomes, unknown), protocol=5))
+        except OSError:  # the main process closed the pool
+            return
 
 
 class ParsePool:
-    """``workers`` helper processes; ``submit`` batches, ``ready`` returns outcomes in order."""
+    """``workers`` helper processes; ``submit`` batches, ``ready`` returns outcomes in order.
+
+    Batches go out without blocking (what a helper's socket cannot take yet waits here and is
+    sent by the next ``submit`` or ``ready``): a helper blocked writing outcomes the main
+    process is not reading yet, while the main process blocked writing a batch that helper is
+    not reading yet, would be a deadlock once both exceed the socket buffers.
+    """
 
     def __init__(self, workers: int, config: dict[str, Any], start_timeout: float = 60.0) -> None:
         # Plain subprocesses on a socketpair rather than multiprocessing's spawn, which would
         # re-run the host program's __main__ in each helper.
-        self._conns: list[Connection] = []
+        self._conns: list[Connection] = []  # outcomes in (blocking reads)
+        self._socks: list[socket.socket] = []  # batches out (non-blocking sends)
+        self._unsent: list[deque[memoryview]] = []
         self._procs: list[subprocess.Popen[bytes]] = []
         self._next_submit = 0
         self._next_result = 0
@@ -151,8 +191,10 @@ class ParsePool:
                     [sys.executable, "-m", "connectors.parse_pool", str(theirs.fileno())],
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
                 theirs.close()
-                conn = Connection(ours.detach())
+                conn = Connection(os.dup(ours.fileno()))
                 self._conns.append(conn)
+                self._socks.append(ours)
+                self._unsent.append(deque())
                 self._procs.append(process)
                 conn.send_bytes(pickle.dumps(config))
             for conn in self._conns:
@@ -179,22 +221,50 @@ class ParsePool:
 
     def submit(self, items: list[Item]) -> int:
         batch_id = self._next_submit
-        conn = self._conns[batch_id % len(self._conns)]
-        try:
-            conn.send_bytes(pickle.dumps((batch_id, items), protocol=5))
-        except (OSError, ValueError) as exc:
-            raise ParsePoolDied(f"parser helper gone: {exc}") from None
+        self._unsent[batch_id % len(self._socks)].append(memoryview(_pack(batch_id, items)))
         self._next_submit += 1
+        self._send()
         return batch_id
+
+    def _send(self) -> None:
+        """Send what each helper's socket takes now."""
+        for index, unsent in enumerate(self._unsent):
+            sock = self._socks[index]
+            while unsent:
+                try:
+                    sent = sock.send(unsent[0], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise ParsePoolDied(f"parser helper {self._procs[index].pid} gone: "
+                                        f"{exc}") from None
+                if sent == len(unsent[0]):
+                    unsent.popleft()
+                else:
+                    unsent[0] = unsent[0][sent:]
 
     def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Outcome]]]:
         """Outcomes of the oldest batches that are done, in submission order. Waits up to
         ``timeout`` for the oldest one when nothing is ready."""
         if self.outstanding == 0:
             return []
-        if timeout and self._next_result not in self._done:
-            conn = self._conns[self._next_result % len(self._conns)]
-            conn.poll(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._send()
+            self._receive()
+            left = deadline - time.monotonic()
+            if self._next_result in self._done or left <= 0:
+                break
+            select.select(self._conns, [sock for sock, unsent in zip(self._socks, self._unsent)
+                                        if unsent], [], left)
+        out = []
+        while self._next_result in self._done:
+            outcomes, _ = self._done.pop(self._next_result)
+            out.append((self._next_result, outcomes))
+            self._next_result += 1
+        return out
+
+    def _receive(self) -> None:
         for index, conn in enumerate(self._conns):
             try:
                 while conn.poll(0):
@@ -205,12 +275,6 @@ class ParsePool:
             except (EOFError, OSError) as exc:
                 raise ParsePoolDied(f"parser helper {self._procs[index].pid} died: "
                                     f"{type(exc).__name__}") from None
-        out = []
-        while self._next_result in self._done:
-            outcomes, _ = self._done.pop(self._next_result)
-            out.append((self._next_result, outcomes))
-            self._next_result += 1
-        return out
 
     def unknown_counts(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -219,10 +283,10 @@ class ParsePool:
         return total
 
     def close(self, timeout: float = 5.0) -> None:
-        for conn in self._conns:
+        for sock in self._socks:  # EOF for the helper, also in the middle of a batch
             try:
-                conn.send_bytes(b"")
-            except (OSError, ValueError):
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
         for process in self._procs:
             try:
@@ -232,7 +296,9 @@ class ParsePool:
                 process.wait(timeout)
         for conn in self._conns:
             conn.close()
-        self._conns, self._procs = [], []
+        for sock in self._socks:
+            sock.close()
+        self._conns, self._socks, self._unsent, self._procs = [], [], [], []
 
 
 if __name__ == "__main__":  # a helper: python -m connectors.parse_pool FD
