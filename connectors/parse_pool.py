@@ -16,21 +16,27 @@ from __future__ import annotations
 import ctypes
 import os
 import pickle
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
-from collections import Counter
+import time
+from collections import Counter, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
-from trovemeter.envelope import BadNotification, parse_body
-from trovemeter.model import RejectReason
+from trovemeter.envelope import BadNotification, parse_fields
+from trovemeter.model import Notification, RejectReason
 
 # (message_id, key, value, headers) for a record; (None, reason value, detail, None) for a
 # delivery to dead-letter.
 Outcome = tuple[Any, Any, Any, Any]
 Item = tuple[bytes, str | None, str | None]  # body, content_type, content_encoding
+_FIELD_INDEX = {field: index for index, field in enumerate(Notification.__dataclass_fields__)}
+_MESSAGE_ID, _REQUEST_ID, _RESOURCE_ID = (_FIELD_INDEX[name] for name in (
+    "message_id", "request_id", "resource_id"))
 
 
 class Transformer:
@@ -39,6 +45,10 @@ class Transformer:
     def __init__(self, *, max_bytes: int, topic: str, normaliser: Any, serde: Any) -> None:
         self.max_bytes, self.topic = max_bytes, topic
         self.normaliser, self.serde = normaliser, serde
+        # Single-object Avro is written straight from the parsed field values; other wire
+        # formats get the Notification.
+        self._encode_fields = serde.fields_encoder(Notification)
+        self._header = serde.headers_for(Notification)[0]
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Transformer:
@@ -55,20 +65,25 @@ class Transformer:
     def __call__(self, body: bytes, content_type: str | None,
                  content_encoding: str | None) -> Outcome:
         try:
-            notification = parse_body(body, max_bytes=self.max_bytes, content_type=content_type,
-                                      content_encoding=content_encoding, normaliser=self.normaliser)
+            fields = parse_fields(body, max_bytes=self.max_bytes, content_type=content_type,
+                                  content_encoding=content_encoding, normaliser=self.normaliser)
         except BadNotification as exc:
             return (None, exc.reason.value, exc.detail, None)
         except Exception as exc:  # noqa: BLE001 - a parser bug must not lose the delivery
             return (None, RejectReason.OTHER.value, f"parser failed: {type(exc).__name__}: {exc}",
                     None)
         try:
-            value = self.serde.encode(notification, self.topic)
-            headers = self.serde.headers_for(notification)
+            if self._encode_fields is not None:
+                value = self._encode_fields(fields)
+                headers = [self._header]
+            else:
+                notification = Notification(*fields)
+                value = self.serde.encode(notification, self.topic)
+                headers = self.serde.headers_for(notification)
         except Exception as exc:  # noqa: BLE001 - CodecError or a bug: dead-letter, never drop
             return (None, RejectReason.ENCODE_FAILED.value, f"{type(exc).__name__}: {exc}", None)
-        key = notification.kafka_key
-        return (notification.message_id, key.encode() if key is not None else None, value, headers)
+        key = fields[_RESOURCE_ID] or fields[_REQUEST_ID]  # Notification.kafka_key
+        return (fields[_MESSAGE_ID], key.encode() if key is not None else None, value, headers)
 
     def unknown_counts(self) -> Counter[str]:
         return self.normaliser.unknown_counts
@@ -84,6 +99,31 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _pack(batch_id: int, items: list[Item]) -> bytes:
+    """A batch as one ``Connection.send_bytes`` message: the length of a pickled (batch id,
+    body lengths, (content type, content encoding) of each body), that pickle, then the bodies
+    back to back. Pickling the bodies themselves cost the main process more than the rest of
+    the batch."""
+    head = pickle.dumps((batch_id, [len(body) for body, _, _ in items],
+                         [(ctype, cenc) for _, ctype, cenc in items]), protocol=5)
+    size = 4 + len(head) + sum(len(body) for body, _, _ in items)
+    # Connection's framing: a signed 32-bit big-endian length, or -1 and a 64-bit one.
+    frame = struct.pack("!i", size) if size <= 0x7FFFFFFF else struct.pack("!iQ", -1, size)
+    return b"".join([frame, len(head).to_bytes(4, "little"), head,
+                     *[body for body, _, _ in items]])
+
+
+def _unpack(data: bytes) -> tuple[int, list[bytes], list[tuple[Any, Any]]]:
+    """``_pack``'s batch id, bodies and their (content type, content encoding)."""
+    head_end = 4 + int.from_bytes(data[:4], "little")
+    batch_id, lengths, kinds = pickle.loads(memoryview(data)[4:head_end])
+    bodies, start = [], head_end
+    for length in lengths:
+        bodies.append(data[start:start + length])
+        start += length
+    return batch_id, bodies, kinds
 
 
 def _helper_main(conn: Connection) -> None:
@@ -103,7 +143,7 @@ def _helper_main(conn: Connection) -> None:
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     counts = transform.unknown_counts()
     seen_unknown = sum(counts.values())
-    dumps, loads = pickle.dumps, pickle.loads
+    dumps = pickle.dumps
     while True:
         try:
             data = conn.recv_bytes()
@@ -111,22 +151,34 @@ def _helper_main(conn: Connection) -> None:
             return
         if not data:
             return
-        batch_id, items = loads(data)
-        outcomes = [transform(body, ctype, cenc) for body, ctype, cenc in items]
+        batch_id, bodies, kinds = _unpack(data)
+        outcomes = [transform(body, ctype, cenc)
+                    for body, (ctype, cenc) in zip(bodies, kinds, strict=True)]
         unknown = None
         total = sum(counts.values()) if counts else 0
         if total != seen_unknown:
             seen_unknown, unknown = total, dict(counts)
-        conn.send_bytes(dumps((batch_id, outcomes, unknown), protocol=5))
+        try:
+            conn.send_bytes(dumps((batch_id, outcomes, unknown), protocol=5))
+        except OSError:  # the main process closed the pool
+            return
 
 
 class ParsePool:
-    """``workers`` helper processes; ``submit`` batches, ``ready`` returns outcomes in order."""
+    """``workers`` helper processes; ``submit`` batches, ``ready`` returns outcomes in order.
+
+    Batches go out without blocking (what a helper's socket cannot take yet waits here and is
+    sent by the next ``submit`` or ``ready``): a helper blocked writing outcomes the main
+    process is not reading yet, while the main process blocked writing a batch that helper is
+    not reading yet, would be a deadlock once both exceed the socket buffers.
+    """
 
     def __init__(self, workers: int, config: dict[str, Any], start_timeout: float = 60.0) -> None:
         # Plain subprocesses on a socketpair rather than multiprocessing's spawn, which would
         # re-run the host program's __main__ in each helper.
-        self._conns: list[Connection] = []
+        self._conns: list[Connection] = []  # outcomes in (blocking reads)
+        self._socks: list[socket.socket] = []  # batches out (non-blocking sends)
+        self._unsent: list[deque[memoryview]] = []
         self._procs: list[subprocess.Popen[bytes]] = []
         self._next_submit = 0
         self._next_result = 0
@@ -139,8 +191,10 @@ class ParsePool:
                     [sys.executable, "-m", "connectors.parse_pool", str(theirs.fileno())],
                     pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL)
                 theirs.close()
-                conn = Connection(ours.detach())
+                conn = Connection(os.dup(ours.fileno()))
                 self._conns.append(conn)
+                self._socks.append(ours)
+                self._unsent.append(deque())
                 self._procs.append(process)
                 conn.send_bytes(pickle.dumps(config))
             for conn in self._conns:
@@ -167,22 +221,50 @@ class ParsePool:
 
     def submit(self, items: list[Item]) -> int:
         batch_id = self._next_submit
-        conn = self._conns[batch_id % len(self._conns)]
-        try:
-            conn.send_bytes(pickle.dumps((batch_id, items), protocol=5))
-        except (OSError, ValueError) as exc:
-            raise ParsePoolDied(f"parser helper gone: {exc}") from None
+        self._unsent[batch_id % len(self._socks)].append(memoryview(_pack(batch_id, items)))
         self._next_submit += 1
+        self._send()
         return batch_id
+
+    def _send(self) -> None:
+        """Send what each helper's socket takes now."""
+        for index, unsent in enumerate(self._unsent):
+            sock = self._socks[index]
+            while unsent:
+                try:
+                    sent = sock.send(unsent[0], socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    raise ParsePoolDied(f"parser helper {self._procs[index].pid} gone: "
+                                        f"{exc}") from None
+                if sent == len(unsent[0]):
+                    unsent.popleft()
+                else:
+                    unsent[0] = unsent[0][sent:]
 
     def ready(self, timeout: float = 0.0) -> list[tuple[int, list[Outcome]]]:
         """Outcomes of the oldest batches that are done, in submission order. Waits up to
         ``timeout`` for the oldest one when nothing is ready."""
         if self.outstanding == 0:
             return []
-        if timeout and self._next_result not in self._done:
-            conn = self._conns[self._next_result % len(self._conns)]
-            conn.poll(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._send()
+            self._receive()
+            left = deadline - time.monotonic()
+            if self._next_result in self._done or left <= 0:
+                break
+            select.select(self._conns, [sock for sock, unsent in zip(self._socks, self._unsent)
+                                        if unsent], [], left)
+        out = []
+        while self._next_result in self._done:
+            outcomes, _ = self._done.pop(self._next_result)
+            out.append((self._next_result, outcomes))
+            self._next_result += 1
+        return out
+
+    def _receive(self) -> None:
         for index, conn in enumerate(self._conns):
             try:
                 while conn.poll(0):
@@ -193,12 +275,6 @@ class ParsePool:
             except (EOFError, OSError) as exc:
                 raise ParsePoolDied(f"parser helper {self._procs[index].pid} died: "
                                     f"{type(exc).__name__}") from None
-        out = []
-        while self._next_result in self._done:
-            outcomes, _ = self._done.pop(self._next_result)
-            out.append((self._next_result, outcomes))
-            self._next_result += 1
-        return out
 
     def unknown_counts(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -207,10 +283,10 @@ class ParsePool:
         return total
 
     def close(self, timeout: float = 5.0) -> None:
-        for conn in self._conns:
+        for sock in self._socks:  # EOF for the helper, also in the middle of a batch
             try:
-                conn.send_bytes(b"")
-            except (OSError, ValueError):
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
         for process in self._procs:
             try:
@@ -220,7 +296,9 @@ class ParsePool:
                 process.wait(timeout)
         for conn in self._conns:
             conn.close()
-        self._conns, self._procs = [], []
+        for sock in self._socks:
+            sock.close()
+        self._conns, self._socks, self._unsent, self._procs = [], [], [], []
 
 
 if __name__ == "__main__":  # a helper: python -m connectors.parse_pool FD

@@ -78,9 +78,22 @@ def parse_body(
     ``normaliser`` defaults to one on the built-in mapping; a process builds its own at start-up
     (``Normaliser.from_settings``) to apply the configured mapping and count unmapped types.
     """
-    message = decode_message(body, max_bytes=max_bytes, content_type=content_type,
-                             content_encoding=content_encoding)
-    return (normaliser or default_normaliser()).normalise(message)
+    return Notification(*parse_fields(body, max_bytes=max_bytes, content_type=content_type,
+                                      content_encoding=content_encoding, normaliser=normaliser))
+
+
+def parse_fields(
+    body: bytes,
+    *,
+    max_bytes: int,
+    content_type: str | None = None,
+    content_encoding: str | None = None,
+    normaliser: Normaliser | None = None,
+) -> tuple[Any, ...]:
+    """``parse_body`` without building the ``Notification``: its field values in order, which
+    the shovel encodes straight to Avro (the frozen dataclasses cost it ~4 us a message)."""
+    return (normaliser or default_normaliser()).fields(
+        *_decode(body, max_bytes, content_type, content_encoding))
 
 
 @functools.cache
@@ -97,6 +110,12 @@ def decode_message(
     content_encoding: str | None = None,
 ) -> OsloMessage:
     """Validate one AMQP body and return its oslo message. Raises ``BadNotification``."""
+    return OsloMessage(*_decode(body, max_bytes, content_type, content_encoding))
+
+
+def _decode(body: bytes, max_bytes: int, content_type: str | None,
+            content_encoding: str | None) -> tuple[Any, ...]:
+    """``decode_message``'s fields in ``OsloMessage`` order."""
     if len(body) > max_bytes:
         raise BadNotification(RejectReason.TOO_LARGE,
                               f"body is {len(body)} bytes, over the {max_bytes}-byte limit")
@@ -174,7 +193,7 @@ def _unwrap_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
-def _validate(message: dict[str, Any]) -> OsloMessage:
+def _validate(message: dict[str, Any]) -> tuple[Any, ...]:
     for key in _REQUIRED_FIELDS:
         if key not in message:
             raise BadNotification(RejectReason.MISSING_FIELD, f"message has no {key}")
@@ -198,15 +217,8 @@ def _validate(message: dict[str, Any]) -> OsloMessage:
     except TooDeep:
         raise BadNotification(RejectReason.TOO_DEEP,
                               f"message nests deeper than {MAX_NESTING} levels") from None
-    return OsloMessage(
-        message_id=message["message_id"],
-        publisher_id=message["publisher_id"],
-        event_type=message["event_type"],
-        priority=message["priority"].upper(),
-        occurred_at=parse_timestamp(message["timestamp"]),
-        payload=payload,
-        context=context,
-    )
+    return (message["message_id"], message["publisher_id"], message["event_type"],
+            message["priority"].upper(), parse_timestamp(message["timestamp"]), payload, context)
 
 
 def _context_of(message: dict[str, Any]) -> dict[str, Any]:

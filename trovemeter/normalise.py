@@ -10,6 +10,8 @@ from trovemeter.mapping import EventMapping, first_value, load_mapping
 from trovemeter.model import Notification, Phase
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from trovemeter.envelope import OsloMessage
     from trovemeter.settings import CommonSettings
 
@@ -82,33 +84,41 @@ class Normaliser:
         return cls(load_mapping(settings.event_mapping))
 
     def normalise(self, message: OsloMessage) -> Notification:
+        return Notification(*self.fields(
+            message.message_id, message.publisher_id, message.event_type, message.priority,
+            message.occurred_at, message.payload, message.context))
+
+    def fields(self, message_id: str, publisher_id: str, event_type: str, priority: str,
+               occurred_at: datetime, payload: dict[str, Any],
+               context: dict[str, Any]) -> tuple[Any, ...]:
+        """``normalise``'s ``Notification`` as its field values in order (from the
+        ``OsloMessage`` fields), for encoders that need no dataclass."""
         mapping = self.mapping
-        event = mapping.classify(message.event_type)
+        event = mapping.classify(event_type)
         if not event.known:
-            self._count_unknown(message.event_type)
-        payload, context = message.payload, message.context
+            self._count_unknown(event_type)
         exception_class = error_message = None
         if event.phase is Phase.ERROR or "exception" in payload:
             exception_class, error_message = error_details(
                 payload.get("exception"), payload.get("message")
             )
-        return Notification(
-            message_id=message.message_id,
-            event_type=message.event_type,
-            resource_type=event.resource_type,
-            operation=event.operation,
-            phase=event.phase,
-            publisher_id=message.publisher_id,
-            priority=message.priority,
-            occurred_at=message.occurred_at,
-            request_id=first_value(mapping.request_id_paths, payload, context),
-            resource_id=first_value(event.resource_id_paths, payload, context),
-            tenant_id=first_value(mapping.tenant_id_paths, payload, context),
-            user_id=first_value(mapping.user_id_paths, payload, context),
-            error_message=error_message,
-            exception_class=exception_class,
-            payload=payload,
-            context=context,
+        return (
+            message_id,
+            event_type,
+            event.resource_type,
+            event.operation,
+            event.phase,
+            publisher_id,
+            priority,
+            occurred_at,
+            first_value(mapping.request_id_paths, payload, context),  # request_id
+            first_value(event.resource_id_paths, payload, context),  # resource_id
+            first_value(mapping.tenant_id_paths, payload, context),  # tenant_id
+            first_value(mapping.user_id_paths, payload, context),  # user_id
+            error_message,
+            exception_class,
+            payload,
+            context,
         )
 
     def _count_unknown(self, event_type: str) -> None:

@@ -66,6 +66,9 @@ class ConfluentCodec(RecordSerde):
     def headers_for(self, record: Any) -> list[tuple[str, bytes]]:
         return self.codec.headers_for(record)
 
+    def fields_encoder(self, model: type) -> None:
+        return None  # AvroSerializer takes the record
+
     def _serializer(self, entry: RegisteredSchema) -> Any:
         from confluent_kafka.schema_registry.avro import AvroSerializer
 

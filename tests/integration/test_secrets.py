@@ -38,6 +38,7 @@ from confluent_kafka.admin import AdminClient
 from connectors.topic_reader import commit_group_offsets
 from tests.integration.conftest import free_port
 from tests.integration.shovel_harness import (
+    RABBIT_PORT,
     ROOT,
     Rabbit,
     ShovelProcess,
@@ -250,7 +251,7 @@ def test_planted_secrets_appear_in_no_topic_log_metric_or_web_view(
     start = end_offsets(kafka_bootstrap, trove_topics)
     commit_group_offsets(kafka_bootstrap, app_id, {k: v for k, v in start.items()
                                                    if k[0] == topics.NOTIFICATIONS})
-    url = f"amqp://{user}:{rabbit_password}@127.0.0.1:5672/%2F"
+    url = f"amqp://{user}:{rabbit_password}@127.0.0.1:{RABBIT_PORT}/%2F"
     env = {"TROVEMETER_RABBIT_URL": url, "TROVEMETER_LOG_LEVEL": "DEBUG"}
     rabbitmqctl("add_user", user, rabbit_password)
     shovel = worker = None

@@ -25,6 +25,7 @@ import pytest
 
 from tests.integration.conftest import free_port
 from tests.integration.shovel_harness import (
+    RABBIT_PORT,
     ROOT,
     Fixture,
     Rabbit,
@@ -303,7 +304,7 @@ def test_secrets_never_reach_kafka_or_the_logs(
         rabbitmqctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
         start = end_offsets(kafka_bootstrap, TOPICS)
         shovel = shovels(queue, [exchange], env={
-            "TROVEMETER_RABBIT_URL": f"amqp://{user}:{rabbit_password}@127.0.0.1:5672/%2F",
+            "TROVEMETER_RABBIT_URL": f"amqp://{user}:{rabbit_password}@127.0.0.1:{RABBIT_PORT}/%2F",
             "TROVEMETER_LOG_LEVEL": "DEBUG"})
         for body in bodies:
             rabbit.publish(exchange, "notifications.info", body)

@@ -3,6 +3,7 @@ correct single-object header, and agrees with its schema; every .avsc has a mode
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from datetime import UTC, datetime
 
 import avro.io
 import avro.schema
+import fastavro
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,6 +94,44 @@ def test_apache_avro_written_bytes_decode_with_trovemeter(name, data):
     avro.io.DatumWriter(schema).write(entry.to_avro(record), avro.io.BinaryEncoder(body))
     fingerprint = crc64_avro(apache_canonical_form(entry.schema).encode()).to_bytes(8, "little")
     assert decode(b"\xc3\x01" + fingerprint + body.getvalue()) == record
+
+
+NOTIFICATION = Notification("m", "dbaas.x.start", ResourceType.INSTANCE, "x", Phase.START, "p",
+                            "INFO", datetime(2026, 1, 1, tzinfo=UTC), request_id="r",
+                            payload={"name": "ü-数据"}, context={"roles": ["a"]})
+DIRECT = [entry.full_name for entry in ENTRIES if entry.write_fields is not None]
+
+
+def fastavro_bytes(entry, record) -> bytes:
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, entry.parsed, entry.to_avro(record))
+    return entry.header + body.getvalue()
+
+
+def test_notifications_take_the_direct_writer():
+    assert "trovemeter.Notification" in DIRECT
+
+
+@pytest.mark.parametrize("name", DIRECT)
+@EXAMPLES
+@given(data=st.data())
+def test_the_direct_writer_writes_fastavros_bytes(name, data):
+    entry = entry_named(name)
+    record = data.draw(records(entry.model))
+    assert encode(record) == fastavro_bytes(entry, record)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("message_id", 5), ("request_id", b"bytes"), ("occurred_at", 2**70), ("message_id", "\ud800"),
+    ("phase", "start"), ("payload", {"s": "\ud800"}),
+])
+def test_the_direct_writer_refuses_what_fastavro_refuses(field, value):
+    record = dataclasses.replace(NOTIFICATION, **{field: value})
+    entry = entry_named("trovemeter.Notification")
+    with pytest.raises(CodecError):
+        encode(record)
+    with pytest.raises(Exception):  # noqa: B017 - fastavro raises ValueError, TypeError, ...
+        fastavro_bytes(entry, record)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -3,6 +3,7 @@ is reported, never silently skipped; the shovel drops outcomes of a channel that
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ from connectors.shovel import Shovel
 from tests.integration.shovel_harness import load_fixtures
 from tests.unit.test_shovel_delivery import FakeChannel, FakeProducer, deliver
 from trovemeter import codec, topics
-from trovemeter.envelope import default_normaliser
+from trovemeter.envelope import default_normaliser, parse_body
 from trovemeter.settings import ShovelSettings
 
 CONFIG = {"max_bytes": 4096, "topic": topics.NOTIFICATIONS}
@@ -48,6 +49,59 @@ def test_outcomes_match_inline_parsing_in_order() -> None:
     outcomes = [o for _, batch in results for o in batch]
     assert outcomes == expected
     assert outcomes[-2][:2] == (None, "not_json") and outcomes[-1][:2] == (None, "too_large")
+
+
+class RecordOnlySerde:
+    """A wire format that needs the Notification itself (as the Confluent one does)."""
+
+    def __init__(self) -> None:
+        self.codec = codec.default_codec()
+
+    def encode(self, record, topic=None):
+        return self.codec.encode(record, topic)
+
+    def headers_for(self, record):
+        return self.codec.headers_for(record)
+
+    def fields_encoder(self, model):
+        return None
+
+
+def test_outcomes_from_field_values_equal_those_from_the_notification() -> None:
+    bodies = [f.body for f in load_fixtures()] + [b"not json"]
+    by_record = Transformer(max_bytes=4096, topic=topics.NOTIFICATIONS,
+                            normaliser=default_normaliser(), serde=RecordOnlySerde())
+    for body in bodies:
+        outcome = inline()(body, "application/json", "utf-8")
+        assert outcome == by_record(body, "application/json", "utf-8")
+        if outcome[0] is not None:
+            notification = parse_body(body, max_bytes=4096)
+            assert outcome[1] == notification.kafka_key.encode()
+            assert codec.decode(outcome[2]) == notification
+
+
+def test_many_large_batches_in_flight_do_not_deadlock() -> None:
+    # Megabytes each way: more than the socket buffers hold while neither side reads.
+    fixture = next(f for f in load_fixtures() if f.body.startswith(b'{"message_id'))
+    document = json.loads(fixture.body)
+    document["payload"]["notes"] = "x" * 20_000
+    batches = []
+    for b in range(8):
+        bodies = []
+        for i in range(64):
+            document["message_id"] = f"m-{b}-{i}"
+            bodies.append(json.dumps(document).encode())
+        batches.append(bodies)
+    pool = ParsePool(1, dict(CONFIG, max_bytes=100_000))
+    try:
+        ids = [pool.submit([(body, "application/json", "utf-8") for body in bodies])
+               for bodies in batches]
+        results = wait_all(pool, len(ids), timeout=60)
+    finally:
+        pool.close()
+    assert [batch_id for batch_id, _ in results] == ids
+    assert [outcome[0] for _, batch in results for outcome in batch] == [
+        f"m-{b}-{i}" for b in range(8) for i in range(64)]
 
 
 def test_unknown_event_types_are_counted_across_helpers() -> None:
