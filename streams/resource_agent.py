@@ -170,43 +170,44 @@ resource_state = ResourceStateHandler(settings.resources_topic)
 source_handlers: list[SourceHandler] = [resource_state]
 
 
+def process(raw: bytes, partition: int, offset: int) -> None:
+    """One record of trove.notifications: decoded once, handed to every source handler (the
+    agent's per-event work; bench/profile_worker.py calls it without Faust)."""
+    try:
+        n = decode(raw)
+    except CodecError as exc:
+        # Not ours to repair: the shovel dead-letters what it cannot parse, so this is a
+        # foreign or corrupt record. Skipped (and counted), never a crash loop.
+        outbox.stats["undecodable"] += 1
+        log.warning("skipping undecodable record %s[%s]@%s: %s", settings.source_topic,
+                    partition, offset, exc)
+        read_progress.read(partition, offset, None)
+        return
+    if not isinstance(n, Notification):
+        outbox.stats["not_a_notification"] += 1
+        read_progress.read(partition, offset, None)
+        return
+    read_progress.read(partition, offset, n.occurred_at)
+    source_clock.observe(n.occurred_at)
+    for handler in source_handlers:
+        try:
+            handler.handle(n, raw, partition)
+        except Exception:  # noqa: BLE001 - one bad event must not stop every other one
+            # A bug or an input the pure core cannot take: logged with what identifies the
+            # record, counted (/status/), and the other handlers still run. Raising would
+            # make Faust restart the agent and ack the event anyway.
+            outbox.stats["handler_errors"] += 1
+            log.exception("%s failed on %s (message %s, %s[%s]@%s)",
+                          type(handler).__name__, n.event_type, n.message_id,
+                          settings.source_topic, partition, offset)
+
+
 @app.agent(source_topic, concurrency=1)
 async def notifications(stream: Any) -> None:
     """trove.notifications -> every source handler."""
-    handlers = source_handlers
-    observe = source_clock.observe
-    read = read_progress.read
     processed = outbox.processed
     # noack: an event is acknowledged by the outbox once what it caused is durable.
     async for event in stream.noack().events():
         processed(event)  # (effects below join the current epoch before it can close)
-        raw = event.value
         message = event.message
-        try:
-            n = decode(raw)
-        except CodecError as exc:
-            # Not ours to repair: the shovel dead-letters what it cannot parse, so this is a
-            # foreign or corrupt record. Skipped (and counted), never a crash loop.
-            outbox.stats["undecodable"] += 1
-            log.warning("skipping undecodable record %s[%s]@%s: %s", message.topic,
-                        message.partition, message.offset, exc)
-            read(message.partition, message.offset, None)
-            continue
-        if not isinstance(n, Notification):
-            outbox.stats["not_a_notification"] += 1
-            read(message.partition, message.offset, None)
-            continue
-        partition = message.partition
-        read(partition, message.offset, n.occurred_at)
-        observe(n.occurred_at)
-        for handler in handlers:
-            try:
-                handler.handle(n, raw, partition)
-            except Exception:  # noqa: BLE001 - one bad event must not stop every other one
-                # A bug or an input the pure core cannot take: logged with what identifies the
-                # record, counted (/status/), and the other handlers still run. Raising would
-                # make Faust restart the agent and ack the event anyway.
-                outbox.stats["handler_errors"] += 1
-                log.exception("%s failed on %s (message %s, %s[%s]@%s)",
-                              type(handler).__name__, n.event_type, n.message_id,
-                              event.message.topic, partition, event.message.offset)
+        process(event.value, message.partition, message.offset)
