@@ -67,9 +67,14 @@ class EventClock:
     def __init__(self, max_ahead: timedelta) -> None:
         self.max_ahead = max_ahead
         self.now: datetime | None = None
+        self._limit = datetime.min.replace(tzinfo=UTC)  # a cap read from the wall clock
 
     def capped(self, moment: datetime) -> datetime:
-        limit = datetime.now(UTC) + self.max_ahead
+        # The cap only grows with the wall clock: a moment under an earlier one is under the
+        # current one too, so the clock is read only for moments beyond it (rare).
+        if moment <= self._limit:
+            return moment
+        limit = self._limit = datetime.now(UTC) + self.max_ahead
         return moment if moment <= limit else limit
 
     def observe(self, moment: datetime) -> datetime:
@@ -87,6 +92,9 @@ class ReadProgress:
         self.owned: set[int] = set()
         self._read_through: dict[int, datetime] = {}
         self._offsets: dict[int, int] = {}  # partition -> last offset read
+
+    def last_offset(self, partition: int) -> int | None:
+        return self._offsets.get(partition)
 
     def read(self, partition: int, offset: int, moment: datetime | None) -> None:
         self._offsets[partition] = offset
