@@ -18,9 +18,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+_NAMESPACE_BYTES: dict[uuid.UUID, bytes] = {}  # ``UUID.bytes`` is computed on every access
+
+
 def uuid5(namespace: uuid.UUID, name: str) -> str:
     """``str(uuid.uuid5(namespace, name))``."""
-    digest = bytearray(hashlib.sha1(namespace.bytes + name.encode()).digest()[:16])
+    prefix = _NAMESPACE_BYTES.get(namespace)
+    if prefix is None:
+        prefix = _NAMESPACE_BYTES[namespace] = namespace.bytes
+    digest = bytearray(hashlib.sha1(prefix + name.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
