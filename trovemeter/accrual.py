@@ -77,7 +77,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -142,24 +142,24 @@ class AccrualPolicy:
                    timedelta(hours=settings.usage_correction_retention_hours),
                    timedelta(seconds=settings.usage_exists_tolerance_seconds))
 
+    # Derived in microseconds once (read several times per notification).
+    lateness_us: int = field(init=False, repr=False, compare=False)
+    retention_us: int = field(init=False, repr=False, compare=False)
+    tolerance_us: int = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.allowed_lateness < timedelta(0) or self.exists_tolerance < timedelta(0):
             raise ValueError("allowed_lateness and exists_tolerance must not be negative")
         if self.correction_retention < timedelta(hours=1):
             raise ValueError("correction_retention must be at least one hour")
-
-    @property
-    def lateness_us(self) -> int:
-        return self.allowed_lateness // timedelta(microseconds=1)
-
-    @property
-    def retention_us(self) -> int:
-        # Whole hours, so that the frozen boundary is an hour boundary.
-        return self.correction_retention // timedelta(hours=1) * HOUR_US
-
-    @property
-    def tolerance_us(self) -> int:
-        return self.exists_tolerance // timedelta(microseconds=1)
+        derived = {
+            "lateness_us": self.allowed_lateness // timedelta(microseconds=1),
+            # Whole hours, so that the frozen boundary is an hour boundary.
+            "retention_us": self.correction_retention // timedelta(hours=1) * HOUR_US,
+            "tolerance_us": self.exists_tolerance // timedelta(microseconds=1),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 class Claim(NamedTuple):
