@@ -67,9 +67,14 @@ class EventClock:
     def __init__(self, max_ahead: timedelta) -> None:
         self.max_ahead = max_ahead
         self.now: datetime | None = None
+        self._limit = datetime.min.replace(tzinfo=UTC)  # a cap read from the wall clock
 
     def capped(self, moment: datetime) -> datetime:
-        limit = datetime.now(UTC) + self.max_ahead
+        # The cap only grows with the wall clock: a moment under an earlier one is under the
+        # current one too, so the clock is read only for moments beyond it (rare).
+        if moment <= self._limit:
+            return moment
+        limit = self._limit = datetime.now(UTC) + self.max_ahead
         return moment if moment <= limit else limit
 
     def observe(self, moment: datetime) -> datetime:
@@ -95,6 +100,9 @@ class ReadProgress:
         self._offsets: dict[int, int] = {}  # partition -> last offset read
         self._marks: dict[int, list[tuple[int, datetime | None]]] = {}  # oldest first
 
+    def last_offset(self, partition: int) -> int | None:
+        return self._offsets.get(partition)
+
     def read(self, partition: int, offset: int, moment: datetime | None) -> None:
         self._offsets[partition] = offset
         if moment is not None:
@@ -102,11 +110,11 @@ class ReadProgress:
             if current is None or moment > current:
                 self._read_through[partition] = moment
 
-    def reports(self, highwater: Callable[[int], int | None],
+    def reports(self, log_end: Callable[[int], int | None],
                 committed: Callable[[int], int | None],
                 durable: Callable[[int], int | None]) -> list[SourceProgress]:
         """One report per owned partition: caught up when the next offset after the durable
-        one is the partition's end (the consumer's high watermark)."""
+        one is the partition's log end (None: unknown, so behind)."""
         reports = []
         for partition in sorted(self.owned):
             marks = self._marks.setdefault(partition, [])
@@ -120,7 +128,7 @@ class ReadProgress:
                 if vouched:
                     del marks[:vouched[-1]]  # older marks are superseded
                     read_through = marks[0][1]
-            end = highwater(partition)
+            end = log_end(partition)
             position = done + 1 if done is not None else committed(partition) or 0
             reports.append(SourceProgress(partition, read_through,
                                           end is not None and position >= end))
@@ -189,43 +197,44 @@ resource_state = ResourceStateHandler(settings.resources_topic)
 source_handlers: list[SourceHandler] = [resource_state]
 
 
+def process(raw: bytes, partition: int, offset: int) -> None:
+    """One record of trove.notifications: decoded once, handed to every source handler (the
+    agent's per-event work; bench/profile_worker.py calls it without Faust)."""
+    try:
+        n = decode(raw)
+    except CodecError as exc:
+        # Not ours to repair: the shovel dead-letters what it cannot parse, so this is a
+        # foreign or corrupt record. Skipped (and counted), never a crash loop.
+        outbox.stats["undecodable"] += 1
+        log.warning("skipping undecodable record %s[%s]@%s: %s", settings.source_topic,
+                    partition, offset, exc)
+        read_progress.read(partition, offset, None)
+        return
+    if not isinstance(n, Notification):
+        outbox.stats["not_a_notification"] += 1
+        read_progress.read(partition, offset, None)
+        return
+    read_progress.read(partition, offset, n.occurred_at)
+    source_clock.observe(n.occurred_at)
+    for handler in source_handlers:
+        try:
+            handler.handle(n, raw, partition)
+        except Exception:  # noqa: BLE001 - one bad event must not stop every other one
+            # A bug or an input the pure core cannot take: logged with what identifies the
+            # record, counted (/status/), and the other handlers still run. Raising would
+            # make Faust restart the agent and ack the event anyway.
+            outbox.stats["handler_errors"] += 1
+            log.exception("%s failed on %s (message %s, %s[%s]@%s)",
+                          type(handler).__name__, n.event_type, n.message_id,
+                          settings.source_topic, partition, offset)
+
+
 @app.agent(source_topic, concurrency=1)
 async def notifications(stream: Any) -> None:
     """trove.notifications -> every source handler."""
-    handlers = source_handlers
-    observe = source_clock.observe
-    read = read_progress.read
     processed = outbox.processed
     # noack: an event is acknowledged by the outbox once what it caused is durable.
     async for event in stream.noack().events():
         processed(event)  # (effects below join the current epoch before it can close)
-        raw = event.value
         message = event.message
-        try:
-            n = decode(raw)
-        except CodecError as exc:
-            # Not ours to repair: the shovel dead-letters what it cannot parse, so this is a
-            # foreign or corrupt record. Skipped (and counted), never a crash loop.
-            outbox.stats["undecodable"] += 1
-            log.warning("skipping undecodable record %s[%s]@%s: %s", message.topic,
-                        message.partition, message.offset, exc)
-            read(message.partition, message.offset, None)
-            continue
-        if not isinstance(n, Notification):
-            outbox.stats["not_a_notification"] += 1
-            read(message.partition, message.offset, None)
-            continue
-        partition = message.partition
-        read(partition, message.offset, n.occurred_at)
-        observe(n.occurred_at)
-        for handler in handlers:
-            try:
-                handler.handle(n, raw, partition)
-            except Exception:  # noqa: BLE001 - one bad event must not stop every other one
-                # A bug or an input the pure core cannot take: logged with what identifies the
-                # record, counted (/status/), and the other handlers still run. Raising would
-                # make Faust restart the agent and ack the event anyway.
-                outbox.stats["handler_errors"] += 1
-                log.exception("%s failed on %s (message %s, %s[%s]@%s)",
-                              type(handler).__name__, n.event_type, n.message_id,
-                              event.message.topic, partition, event.message.offset)
+        process(event.value, message.partition, message.offset)

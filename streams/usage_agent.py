@@ -76,11 +76,10 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from faust.streams import current_event
 from faust.types import TP
 
 from streams.app import app, settings
-from streams.resource_agent import source_clock, source_handlers
+from streams.resource_agent import read_progress, source_clock, source_handlers
 from streams.tables import metering, outbox, usage_clock, usage_ledger
 from trovemeter.accrual import (
     HOUR_US,
@@ -151,7 +150,6 @@ class UsageMeter:
         self._watermarks: dict[int, int] = {}  # partition -> watermark (us), cached
         self._swept: dict[int, int] = {}  # partition -> closed_through of its last sweep
         self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
-        self._offsets: dict[int, int] = {}  # partition -> last offset processed
         self._waiting: set[int] = set()  # partitions a tick found busy
         self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
         self.stats: dict[str, int] = {"applied": 0, "sweeps": 0, "swept_keys": 0,
@@ -161,9 +159,6 @@ class UsageMeter:
     # ------------------------------------------------------------- per notification
     def handle(self, n: Notification, raw: bytes, partition: int) -> None:
         self._last_event[partition] = time.monotonic()
-        event = current_event()
-        if event is not None:
-            self._offsets[partition] = event.message.offset
         watermark = self._observe(partition, to_us(source_clock.capped(n.occurred_at)))
         rid = n.resource_id
         if rid and n.resource_type in METERED_TYPES and (
@@ -203,7 +198,7 @@ class UsageMeter:
         last = self._last_event.setdefault(partition, now)  # a new partition: wait first
         if now - last < self.idle_seconds:
             return False
-        offset = self._offsets.get(partition)
+        offset = read_progress.last_offset(partition)
         if offset is None:
             return True
         consumer = getattr(app, "_consumer", None)  # not ``app.consumer``: that creates one
@@ -360,7 +355,7 @@ class UsageMeter:
     # ------------------------------------------------------------- rebalances
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Partitions that left this worker (None: all): their cached clock and sweep marks."""
-        for cache in (self._watermarks, self._swept, self._last_event, self._offsets):
+        for cache in (self._watermarks, self._swept, self._last_event):
             if partitions is None:
                 cache.clear()
             else:

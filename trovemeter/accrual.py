@@ -77,11 +77,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from trovemeter.ids import replacer, uuid5
 from trovemeter.model import (
     DiscrepancyCause,
     MeterType,
@@ -141,24 +142,24 @@ class AccrualPolicy:
                    timedelta(hours=settings.usage_correction_retention_hours),
                    timedelta(seconds=settings.usage_exists_tolerance_seconds))
 
+    # Derived in microseconds once (read several times per notification).
+    lateness_us: int = field(init=False, repr=False, compare=False)
+    retention_us: int = field(init=False, repr=False, compare=False)
+    tolerance_us: int = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         if self.allowed_lateness < timedelta(0) or self.exists_tolerance < timedelta(0):
             raise ValueError("allowed_lateness and exists_tolerance must not be negative")
         if self.correction_retention < timedelta(hours=1):
             raise ValueError("correction_retention must be at least one hour")
-
-    @property
-    def lateness_us(self) -> int:
-        return self.allowed_lateness // timedelta(microseconds=1)
-
-    @property
-    def retention_us(self) -> int:
-        # Whole hours, so that the frozen boundary is an hour boundary.
-        return self.correction_retention // timedelta(hours=1) * HOUR_US
-
-    @property
-    def tolerance_us(self) -> int:
-        return self.exists_tolerance // timedelta(microseconds=1)
+        derived = {
+            "lateness_us": self.allowed_lateness // timedelta(microseconds=1),
+            # Whole hours, so that the frozen boundary is an hour boundary.
+            "retention_us": self.correction_retention // timedelta(hours=1) * HOUR_US,
+            "tolerance_us": self.exists_tolerance // timedelta(microseconds=1),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
 
 class Claim(NamedTuple):
@@ -214,6 +215,9 @@ class MeteredResource:
     emitted_through: int | None = None
     # Version of records corrected at least once (absent: version 1 if emitted), by RecordKey.
     versions: tuple[tuple[RecordKey, int], ...] = ()
+
+
+_replace_state = replacer(MeteredResource)
 
 
 class RecordKey(NamedTuple):
@@ -294,7 +298,7 @@ def advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy) 
                 found = _verify(state, audit, policy)
                 if found is not None:
                     discrepancies.append(found)
-    advanced = _forget_frozen(replace(state, emitted_through=closed_through), policy)
+    advanced = _forget_frozen(_replace_state(state, emitted_through=closed_through), policy)
     return Step(advanced, tuple(records), tuple(discrepancies))
 
 
@@ -469,7 +473,7 @@ def _with_facts(state: MeteredResource, notification: Notification,
             affected.append(_EVERY_HOUR)
     if not changes:
         return state, None
-    return replace(state, **changes), min(affected, default=_NO_HOUR)
+    return _replace_state(state, **changes), min(affected, default=_NO_HOUR)
 
 
 def _audit_order(audit: Audit) -> tuple[int, int, str, str]:
@@ -625,7 +629,7 @@ def record_id(key: RecordKey, resource_type: ResourceType, resource_id: str) -> 
     """Deterministic id of a usage record: the compacted topic's key."""
     name = "|".join((key.tenant_id, resource_type.value, resource_id, key.meter,
                      from_us(key.window_start).isoformat(), key.flavor_id))
-    return str(uuid.uuid5(USAGE_ID_NAMESPACE, name))
+    return uuid5(USAGE_ID_NAMESPACE, name)
 
 
 def _record(state: MeteredResource, key: RecordKey, usage: _Usage | None, version: int,
@@ -674,17 +678,18 @@ def _corrections(before: MeteredResource, after: MeteredResource, affected_from:
             versions[key] = emitted + 1
             records.append(_record(after, key, new.get(key), emitted + 1, old.get(key)))
     kept = tuple(sorted((k, v) for k, v in versions.items() if v > 1))
-    return replace(after, versions=kept), tuple(records)
+    return _replace_state(after, versions=kept), tuple(records)
 
 
 def _late_audit_discrepancies(before: MeteredResource, after: MeteredResource,
                               policy: AccrualPolicy) -> tuple[UsageDiscrepancy, ...]:
     """Audits that arrived after their hour closed are verified at once."""
-    if before.emitted_through is None:
+    emitted_through = before.emitted_through
+    if emitted_through is None or after.audits is before.audits:
         return ()
-    new_audits = set(after.audits) - set(before.audits)
-    found = (_verify(after, audit, policy) for audit in sorted(new_audits, key=_audit_order)
-             if audit.window_start < before.emitted_through)
+    # ``after.audits`` is sorted by ``_audit_order``; the hour test first, as late audits are rare.
+    found = (_verify(after, audit, policy) for audit in after.audits
+             if audit.window_start < emitted_through and audit not in before.audits)
     return tuple(d for d in found if d is not None)
 
 
@@ -695,7 +700,7 @@ def _forget_frozen(state: MeteredResource, policy: AccrualPolicy) -> MeteredReso
     audits = tuple(a for a in state.audits if a.window_start >= frozen_before)
     versions = tuple(kv for kv in state.versions if kv[0].window_start >= frozen_before)
     if audits != state.audits or versions != state.versions:
-        state = replace(state, audits=audits, versions=versions)
+        state = _replace_state(state, audits=audits, versions=versions)
     if state.started is not None and state.ended is None:
         return state  # still accruing
     fact_times = [c.at_us for c in (state.started, state.ended) if c is not None]
@@ -737,8 +742,8 @@ def _verify(state: MeteredResource, audit: Audit, policy: AccrualPolicy) -> Usag
     else:
         cause = DiscrepancyCause.UNEXPLAINED
     return UsageDiscrepancy(
-        discrepancy_id=str(uuid.uuid5(DISCREPANCY_ID_NAMESPACE, "|".join(
-            (state.resource_id, str(audit.begin_us), str(audit.end_us))))),
+        discrepancy_id=uuid5(DISCREPANCY_ID_NAMESPACE, "|".join(
+            (state.resource_id, str(audit.begin_us), str(audit.end_us)))),
         tenant_id=state.tenant_id or "",
         resource_id=state.resource_id,
         audit_message_id=audit.message_id,

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -72,6 +72,7 @@ from trovemeter.model import (
     Phase,
     ResourceType,
 )
+from trovemeter.ids import replacer, uuid5
 from trovemeter.payload_values import as_float, as_int, as_text, datastore_of, first_present
 
 Output = OperationCompleted | OperationError
@@ -221,6 +222,9 @@ class OpenOperation:
         )
 
 
+_replace = replacer(OpenOperation)
+
+
 def join_key(n: Notification) -> str | None:
     """The key a start and its end or error share; None for events that are not paired (point
     events, and starts/ends with neither a request id nor a resource id)."""
@@ -263,7 +267,7 @@ def step(
     if _already_seen(state, n):
         return state, []
     pending = tuple(sorted((*state.pending, _sighting(n)), key=_replay_order))
-    return replace(state, pending=pending), []
+    return _replace(state, pending=pending), []
 
 
 def deadline(state: OpenOperation, policy: PairingPolicy = DEFAULT_POLICY) -> datetime:
@@ -297,7 +301,7 @@ def expire(
         state = _replay(state, sighting, policy, outputs)
     state = _decide_before(state, horizon, policy, outputs)
     if pending is not state.pending:
-        state = replace(state, pending=pending)
+        state = _replace(state, pending=pending)
     if state.closed_at is not None and not pending and now > state.closed_at + policy.retention:
         return None, outputs
     return state, outputs
@@ -354,18 +358,18 @@ def _on_start(
 ) -> tuple[OpenOperation, list[Output]]:
     current = state.start
     if current is None:
-        return _settle(replace(state, start=start), policy)
+        return _settle(_replace(state, start=start), policy)
     if start.message_id == current.message_id:
         return state, []
     if state.request_id is not None:
         # One request is one operation: another start is a re-sent copy; the earliest counts.
         if _order(current) <= _order(start):
             return state, []
-        return _settle(replace(state, start=start), policy)
+        return _settle(_replace(state, start=start), policy)
     # A resource key, replayed in order: the resource began the same operation again, so the
     # open one was abandoned.
     state, records = _close(state, current, None, start.occurred_at)
-    state, more = _settle(replace(state, start=start, closed_at=None), policy)
+    state, more = _settle(_replace(state, start=start, closed_at=None), policy)
     return state, records + more
 
 
@@ -378,7 +382,7 @@ def _on_terminal(
         terminal.message_id == current.message_id or _order(current) < _order(terminal)
     ):
         return state, []  # a copy, or a second one of the same kind: the earliest counts
-    held = replace(state, error=terminal) if is_error else replace(state, end=terminal)
+    held = _replace(state, error=terminal) if is_error else _replace(state, end=terminal)
     return _settle(held, policy)
 
 
@@ -447,10 +451,10 @@ def _close(
             return None
         return s
 
-    rest = replace(state, start=keep(state.start), end=keep(state.end), error=keep(state.error),
+    rest = _replace(state, start=keep(state.start), end=keep(state.end), error=keep(state.error),
                    floor=floor)
     if rest.start is None and rest.end is None and rest.error is None:
-        rest = replace(rest, closed_at=closed_at)
+        rest = _replace(rest, closed_at=closed_at)
     return rest, records
 
 
@@ -525,10 +529,10 @@ _RECORD_NAMESPACE = uuid.UUID("6f0d3c1e-8a51-5b5e-9a7c-2f1d0c9b8e41")
 
 def _record_id(state: OpenOperation, start: Sighting | None, terminal: Sighting | None) -> str:
     if state.request_id is not None:
-        return str(uuid.uuid5(_RECORD_NAMESPACE, state.join_key))
+        return uuid5(_RECORD_NAMESPACE, state.join_key)
     anchor = start if start is not None else terminal
     assert anchor is not None
-    return str(uuid.uuid5(_RECORD_NAMESPACE, f"{state.join_key}@{anchor.occurred_at.isoformat()}"))
+    return uuid5(_RECORD_NAMESPACE, f"{state.join_key}@{anchor.occurred_at.isoformat()}")
 
 
 def _order(s: Sighting) -> tuple[datetime, str]:

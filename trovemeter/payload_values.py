@@ -19,6 +19,8 @@ def first_present(payload: Mapping[str, Any], *names: str) -> Any:
 
 
 def as_text(value: Any) -> str | None:
+    if type(value) is str:  # the common case, without the (slow) Mapping check
+        return value or None
     if value is None or value == "" or isinstance(value, Mapping | list):
         return None
     return value if isinstance(value, str) else str(value)

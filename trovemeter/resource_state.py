@@ -36,10 +36,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
+from trovemeter.ids import replacer
 from trovemeter.model import Notification, Phase, ResourceState, ResourceStatus, ResourceType
 from trovemeter.payload_values import (
     as_float,
@@ -113,6 +114,7 @@ class TrackedResource:
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(ResourceState))
+_replace_state = replacer(ResourceState)
 _STATE_TIMES = ("last_event_at", "created_at", "launched_at", "deleted_at")
 
 
@@ -141,7 +143,8 @@ def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource |
                 changes[name] = value  # terminal, whatever the time of the other reports
                 continue
         previous_at = reported_at.get(name)
-        if previous_at is not None and (at, _tie(value)) <= (previous_at, _tie(current)):
+        if previous_at is not None and (at < previous_at or (
+                at == previous_at and _tie(value) <= _tie(current))):
             continue
         if value != current:
             changes[name] = value
@@ -162,7 +165,7 @@ def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource |
             resource_id=n.resource_id, resource_type=n.resource_type, **changes
         )
     else:
-        new_state = replace(state, **changes) if changes else state
+        new_state = _replace_state(state, **changes) if changes else state
     merged = {**reported_at, **new_reported_at}
     if new_state.status is _S.DELETED:
         merged.pop("status", None)  # never compared again; dropped so the entry is order-free
