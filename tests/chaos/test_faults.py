@@ -82,8 +82,14 @@ SAMPLE_AT = max(12.0, FREEZE_S - 10)  # seconds into the outage: queue, metrics,
 # is better served by a short one.
 LONG_RUN_BUDGET_S = float(os.environ.get("TROVEMETER_CHAOS_BUDGET_S", "660"))
 DETAILS_FILE = Path(__file__).resolve().parents[2] / ".stack" / "chaos" / "long-run-checks.txt"
+# The run plays a day in ~200 s (432x): one hour of event time passes in 8 s. A killed worker
+# re-reads what came after Faust's last offset commit -- 10-20 s of traffic under these faults,
+# i.e. hours of event time -- and the tombstones that absorb copies of reported operations
+# (pairing retention, 1 h by default: minutes of replay in a real deployment) would be gone by
+# then, so re-read events of reported operations would be reported again. 24 h of event time
+# covers the replay window here as the default covers it at 1x.
 WORKER_ENV = {"TROVEMETER_SESSION_TIMEOUT_SECONDS": "10", "BROKER_SESSION_TIMEOUT": "10",
-              "BROKER_HEARTBEAT_INTERVAL": "1"}
+              "BROKER_HEARTBEAT_INTERVAL": "1", "TROVEMETER_PAIRING_RETENTION_SECONDS": "86400"}
 
 
 # ------------------------------------------------------------------ helpers
