@@ -250,7 +250,8 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
                                                     E2E_TOPICS["source"]])
         collector.start()
         collector.ready.wait(30)
-        publisher = PacedPublisher(args.rabbit_url)
+        # Opened for the burst: idle through a long preload, RabbitMQ drops the connection.
+        publisher: PacedPublisher | None = None
         publishing = Publishing(args.rabbit_url, pipeline.exchange, inputs["preload"])
         try:
             published = len(inputs["preload"])
@@ -273,6 +274,7 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
                 if found:
                     burst_ids.add(found.group(1).decode())
             scanned = len(collector.records)
+            publisher = PacedPublisher(args.rabbit_url)
             t0 = time.perf_counter()
             publisher.publish(pipeline.exchange, inputs["burst"] + inputs["closing"], None)
             result["burst_publish_seconds"] = round(time.perf_counter() - t0, 2)
@@ -309,7 +311,8 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
             result["worker_rss_after_burst_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
         finally:
             publishing.stop()
-            publisher.close()
+            if publisher is not None:
+                publisher.close()
             if collector.is_alive():
                 collector.stop()
     per_instance: dict[str, float] = {}
