@@ -83,6 +83,9 @@ class Changelog(Protocol):
 
     def changelog_value(self, value: Any) -> bytes | None: ...
 
+    def written(self, key: str, value: Any, raw: bytes | None) -> None:
+        """``raw`` (``changelog_value(value)``) was produced to the changelog for ``key``."""
+
 
 class Outbox:
     """One producer for outputs, forwards, ticks and changelog records (see the module doc)."""
@@ -253,8 +256,10 @@ class Outbox:
 
         closed.unconfirmed += len(closed.changes)
         for (table, key), (partition, value) in closed.changes.items():
-            self._produce(table.changelog_topic_name, table.changelog_value(value),
-                          table.changelog_key(key), partition, None, confirmed)
+            raw = table.changelog_value(value)
+            self._produce(table.changelog_topic_name, raw, table.changelog_key(key), partition,
+                          None, confirmed)
+            table.written(key, value, raw)
         closed.written = True
         self.stats["changelog_records"] += len(closed.changes)
 

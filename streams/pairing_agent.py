@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import sys
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -177,11 +178,14 @@ class PairingShell:
         key = join_key(n)
         if key is None:  # not forwarded by us; nothing to pair
             return
+        # One string per key for the table and every deadline entry of it (a start's, then its
+        # tombstone's), instead of one per entry: ~0.25 KB less per operation held.
+        key = sys.intern(key)
         old = open_operations.get(key)
         new, records = step(old, n, self.policy)
         if new is not old and new is not None:
             open_operations.put(partition, key, new)
-            self._push(partition, new)
+            self._push(partition, key, new)
         self._emit(partition, records)
 
     def advance(self, partition: int, reports: list[SourceProgress]) -> None:
@@ -217,13 +221,13 @@ class PairingShell:
                 open_operations.delete(partition, key)
             elif new is not state:
                 open_operations.put(partition, key, new)
-                self._push(partition, new)
+                self._push(partition, key, new)
             self._emit(partition, records)
 
-    def _push(self, partition: int, state: OpenOperation) -> None:
+    def _push(self, partition: int, key: str, state: OpenOperation) -> None:
         due = _deadline(state, self.policy)
         if due is not None:
-            heapq.heappush(self._heaps.setdefault(partition, []), (due, state.join_key))
+            heapq.heappush(self._heaps.setdefault(partition, []), (due, key))
 
     def _emit(self, partition: int, records: list[OperationCompleted | OperationError]) -> None:
         for record in records:

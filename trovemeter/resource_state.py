@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trovemeter.ids import replacer
@@ -112,10 +112,63 @@ class TrackedResource:
         reported_at = {name: datetime.fromisoformat(v) for name, v in data["reported_at"].items()}
         return cls(ResourceState(**values), reported_at)
 
+    def to_row(self) -> list[Any]:
+        """The compact form (a worker holds one per resource, as JSON bytes: ~0.4 KB against
+        ~0.9 KB for ``to_dict``'s): ``[1, <the state's fields in ROW_FIELDS order>,
+        [<field index>, <last_event_at - reported at>, ...]]``, times in microseconds since the
+        epoch, enums as their values."""
+        state = self.state
+        row: list[Any] = [ROW_VERSION]
+        for name in ROW_FIELDS:
+            value = getattr(state, name)
+            if isinstance(value, datetime):
+                value = (value - _EPOCH) // _MICROSECOND
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            row.append(value)
+        last_us = row[1 + _LAST_EVENT_AT]
+        reported: list[int] = []
+        for name, moment in self.reported_at.items():
+            reported += (_ROW_INDEX[name], last_us - (moment - _EPOCH) // _MICROSECOND)
+        row.append(reported)
+        return row
+
+    @classmethod
+    def from_row(cls, row: list[Any]) -> TrackedResource:
+        if row[0] != ROW_VERSION:
+            raise ValueError(f"unknown resource row version {row[0]!r}")
+        values = row[1:-1]
+        for index in _ROW_TIMES:
+            if values[index] is not None:
+                values[index] = _EPOCH + timedelta(microseconds=values[index])
+        values[_ROW_TYPE] = ResourceType(values[_ROW_TYPE])
+        if values[_ROW_STATUS] is not None:
+            values[_ROW_STATUS] = ResourceStatus(values[_ROW_STATUS])
+        last_us = row[1 + _LAST_EVENT_AT]
+        reported = row[-1]
+        reported_at = {ROW_FIELDS[reported[i]]: _EPOCH + timedelta(
+            microseconds=last_us - reported[i + 1]) for i in range(0, len(reported), 2)}
+        return cls(ResourceState(**dict(zip(ROW_FIELDS, values))), reported_at)
+
 
 _STATE_FIELDS = tuple(f.name for f in fields(ResourceState))
 _replace_state = replacer(ResourceState)
 _STATE_TIMES = ("last_event_at", "created_at", "launched_at", "deleted_at")
+
+# Row form (``TrackedResource.to_row``), version 1: the positions are part of the format, so
+# they are spelled out; a field added to ResourceState needs a new version.
+ROW_VERSION = 1
+ROW_FIELDS = ("resource_id", "resource_type", "last_event_type", "last_event_at",
+              "last_message_id", "tenant_id", "status", "flavor_id", "flavor_name",
+              "volume_size_gb", "size_gb", "cluster_size", "instance_ids", "name", "datastore",
+              "datastore_version", "created_at", "launched_at", "deleted_at")
+assert set(ROW_FIELDS) == set(_STATE_FIELDS), "ResourceState changed: new row version needed"
+_ROW_INDEX = {name: i for i, name in enumerate(ROW_FIELDS)}
+_ROW_TIMES = tuple(_ROW_INDEX[name] for name in _STATE_TIMES)
+_ROW_TYPE, _ROW_STATUS = _ROW_INDEX["resource_type"], _ROW_INDEX["status"]
+_LAST_EVENT_AT = _ROW_INDEX["last_event_at"]
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -278,3 +279,35 @@ def test_round_trip_through_the_dict_form():
     for n in LIFECYCLE[1:]:
         tracked = apply(tracked, n)
         assert TrackedResource.from_dict(tracked.to_dict()) == tracked
+
+
+def through_row(tracked: TrackedResource) -> TrackedResource:
+    """The row form as a compact table keeps it: JSON text and back."""
+    return TrackedResource.from_row(json.loads(json.dumps(tracked.to_row())))
+
+
+def test_round_trip_through_the_row_form():
+    tracked = None
+    for n in LIFECYCLE[1:]:
+        tracked = apply(tracked, n)
+        assert through_row(tracked) == tracked
+    cluster = apply(None, note("c1", "cluster.create.end", "create", Phase.END, 20,
+                               {"id": "cl-1", "cluster_size": 2, "instances": [
+                                   {"instance_id": "i-b"}, {"instance_id": "i-a"}]},
+                               resource_type=ResourceType.CLUSTER, resource_id="cl-1"))
+    backup = apply(None, note("b2", "backup.create.end", "create", Phase.END, 14,
+                              {"id": "bk-1", "size": 0.25, "tenant_id": "tenant-1"},
+                              resource_type=ResourceType.BACKUP, resource_id="bk-1"))
+    for tracked in (cluster, backup):
+        assert through_row(tracked) == tracked
+
+
+@settings(max_examples=100, deadline=None)
+@given(events=instance_events(), data=st.data())
+def test_folding_through_the_row_form_gives_the_same_state(events, data):
+    shuffled = data.draw(st.permutations(events))
+    tracked = None
+    for n in shuffled:
+        new = apply(tracked, n)
+        tracked = tracked if new is tracked else through_row(new)
+    assert tracked == fold(events)
