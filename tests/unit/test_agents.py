@@ -39,7 +39,6 @@ from trovemeter.codec import SCHEMA_NAME_HEADER, decode, encode
 from trovemeter.watermark import SourceProgress
 from trovemeter.model import (
     Notification,
-    OperationCompleted,
     OperationError,
     Outcome,
     Phase,
@@ -139,9 +138,9 @@ class _Msg:
         return self.name
 
 
-@pytest.fixture()
-def producer() -> FakeProducer:
-    """A fresh worker state: empty tables, no staged changes, a fake producer."""
+def fresh_worker() -> FakeProducer:
+    """Reset the worker's module-level state: empty tables, no staged changes, no event time,
+    a fake producer behind the outbox."""
     fake = FakeProducer()
     outbox.__init__(  # type: ignore[misc]
         {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
@@ -158,6 +157,12 @@ def producer() -> FakeProducer:
     forwarder.owned = set()
     source_clock.now = None
     return fake
+
+
+@pytest.fixture()
+def producer() -> FakeProducer:
+    """A fresh worker state: empty tables, no staged changes, a fake producer."""
+    return fresh_worker()
 
 
 def run(scenario: Callable[[], Any]) -> Any:

@@ -21,16 +21,14 @@ import pytest
 from streams import usage_web
 from streams.agents import usage
 from streams.app import settings
-from streams.pairing_agent import forwarder, recent, shell
-from streams.resource_agent import resource_state, source_clock
-from streams.tables import STAGED_TABLES, metering, outbox, usage_clock, usage_ledger
-from streams.topics import PAIRING_TOPIC, pack_batch
+from streams.tables import metering, outbox, usage_clock, usage_ledger
 from streams.usage_agent import dump_state, load_state, records_between
 from tests.unit.test_agents import (
     FakeProducer,
     Produced,
     feed_pairing,
     feed_source,
+    fresh_worker,
     run,
     tick_at,
 )
@@ -108,21 +106,7 @@ def audit(iid: str, ending: float, flavor: str = "2") -> Notification:
 @pytest.fixture()
 def producer() -> Iterator[FakeProducer]:
     """A fresh worker: empty tables, no staged changes, no usage clock, a fake producer."""
-    fake = FakeProducer()
-    outbox.__init__(  # type: ignore[misc]
-        {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
-        forward_max_batch=settings.forward_max_batch, pack=pack_batch)
-    outbox.use_producer(fake)
-    for table in STAGED_TABLES:
-        table._data.clear()
-        table._partition_of.clear()
-    shell.event_time.clear()
-    shell.watermarks.clear()
-    shell._heaps.clear()
-    recent.forget()
-    resource_state.forget_index()
-    forwarder.owned = set()
-    source_clock.now = None
+    fake = fresh_worker()
     usage.forget()
     usage.stats.update(dict.fromkeys(usage.stats, 0))
     idle = usage.idle_seconds
