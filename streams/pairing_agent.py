@@ -25,8 +25,9 @@ partition's event time is the low watermark of the source partitions (``trovemet
 every ``tick_interval_seconds`` each worker sends every pairing partition a tick saying, for each
 source partition it reads, how far it has read in event time and whether it has caught up with
 the partition's end -- counting only events whose effects are durable, so that a replay after a
-crash never finds event time already past the events it reads again (``ReadProgress``). Event time is the least progress among the source partitions still behind
-(the greatest when none is), capped at the wall clock + ``pairing_max_clock_skew_seconds``.
+crash never finds event time already past the events it reads again (``ReadProgress``). Event
+time is the least progress among the source partitions still behind (the greatest when none
+is), capped at the wall clock + ``pairing_max_clock_skew_seconds``.
 The events themselves do not move it: a source partition far behind the others (a worker
 restarting, a partition fetched late) would otherwise see its starts' ends arrive after those
 starts were abandoned -- which `make chaos` did, thousands of times, before ticks carried
