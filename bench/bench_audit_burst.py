@@ -111,7 +111,8 @@ def _label(n: int) -> str:
 
 def build_inputs(instances: int, seed: int, preload_kind: str = "created") -> dict[str, Any]:
     """Preload, burst and closing messages for ``instances`` live instances (cached)."""
-    cache = RUN_DIR / f"audit-burst-inputs-{instances}-{seed}-{preload_kind}-{_sources_digest()}.pkl"
+    name = f"audit-burst-inputs-{instances}-{seed}-{preload_kind}"
+    cache = RUN_DIR / f"{name}-{_sources_digest()}.pkl"
     if cache.exists():
         try:
             inputs = pickle.loads(cache.read_bytes())
@@ -121,7 +122,7 @@ def build_inputs(instances: int, seed: int, preload_kind: str = "created") -> di
             pass
     inputs = _build_inputs(instances, seed, preload_kind)
     RUN_DIR.mkdir(parents=True, exist_ok=True)
-    for old in RUN_DIR.glob(f"audit-burst-inputs-{instances}-{seed}-{preload_kind}-*.pkl"):
+    for old in RUN_DIR.glob(f"{name}-*.pkl"):
         old.unlink()  # built from older sources
     partial = cache.with_suffix(".tmp")
     partial.write_bytes(pickle.dumps(inputs, protocol=pickle.HIGHEST_PROTOCOL))
@@ -470,7 +471,8 @@ def memory_row(result: dict[str, Any], instances: int) -> dict[str, Any]:
                met=value <= 300 if target else None,
                note=f"after consuming {result['preload_messages']:,} msgs "
                     f"({result.get('preload')} preload) of {result['instances']:,} live "
-                    f"instances (~{per_instance:.1f} KB each); peak {result.get('worker_peak_rss_mb')} MB; measured by bench_audit_burst")
+                    f"instances (~{per_instance:.1f} KB each); peak "
+                    f"{result.get('worker_peak_rss_mb')} MB; measured by bench_audit_burst")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

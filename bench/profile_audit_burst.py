@@ -5,12 +5,12 @@ audit and for the closing sweep, and the memory the tables hold after the preloa
         [--phase preload|burst|closing] [--memory]
 
 bench_audit_burst's inputs (``build_inputs``: N live instances as its ``--preload`` makes
-them, their hour's N audits, the closing messages), parsed as the shovel parses them, are fed to the source agent's per-event
-function as ``bench.profile_worker`` does (fake producer, one worker owning every partition,
-a synchronous checkpoint every 2,500 events). Prints CPU microseconds per event of each phase,
-with ``--memory`` the traced bytes per instance after the preload (tracemalloc), and a SHA-256
-per output topic over everything produced (preload, burst and closing) -- equal digests: the
-outputs and changelog values are byte-identical.
+them, their hour's N audits, the closing messages), parsed as the shovel parses them, are fed
+to the source agent's per-event function as ``bench.profile_worker`` does (fake producer, one
+worker owning every partition, a synchronous checkpoint every 2,500 events). Prints CPU
+microseconds per event of each phase, with ``--memory`` the traced bytes per instance after
+the preload (tracemalloc), and a SHA-256 per output topic over everything produced (preload,
+burst and closing) -- equal digests: the outputs and changelog values are byte-identical.
 """
 
 from __future__ import annotations

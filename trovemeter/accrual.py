@@ -6,7 +6,8 @@ Pure: no Faust, no Kafka, no clock. The caller owns event time: it passes the st
 How the Faust agent uses it
 ---------------------------
 One ``MeteredResource`` per resource id (instances and backups), kept in an ordinary table as
-``encode_state(state)`` (compact JSON bytes; ``to_dict`` gives the same as a plain dict):
+``encode_state(state)`` (compact JSON bytes of ``to_row``, a positional list; ``decode_state``
+also reads the older ``to_dict`` JSON):
 
 - for each notification of a resource: ``step = apply(state, notification, watermark, policy)``;
 - when the watermark crosses ``hour + allowed_lateness``: ``advance(state, watermark, policy)``
@@ -821,13 +822,79 @@ def from_dict(data: Mapping[str, Any]) -> MeteredResource:
     )
 
 
+# The row form: ``to_row``'s positions. A message id that is the start claim's (a create's
+# facts: launch, initial flavor and size all come from one message) is written as 0.
+_ROW_FIELDS = ("resource_type", "resource_id", "tenant_id", "user_id", "started", "ended",
+               "flavors", "sizes", "flavor_names", "audits", "audited_launch_us",
+               "audited_delete_us", "emitted_through", "versions")
+_SAME_AS_START = 0
+
+
+def to_row(state: MeteredResource) -> list[Any]:
+    """A JSON-compatible list: ``to_dict`` without field names, the start's message id once,
+    trailing empty positions left out (a live instance: ~270 B of JSON against ~380 B)."""
+    start_id = state.started.message_id if state.started is not None else None
+
+    def mid(message_id: str) -> str | int:
+        return _SAME_AS_START if message_id == start_id else message_id
+
+    row: list[Any] = [
+        state.resource_type.value,
+        state.resource_id,
+        state.tenant_id,
+        state.user_id,
+        list(state.started) if state.started else None,
+        [*state.ended[:2], mid(state.ended.message_id)] if state.ended else None,
+        [[*c[:3], mid(c.message_id)] for c in state.flavors],
+        [[*c[:3], mid(c.message_id)] for c in state.sizes],
+        dict(state.flavor_names),
+        [[*a[:3], mid(a.message_id)] for a in state.audits],
+        state.audited_launch_us,
+        state.audited_delete_us,
+        state.emitted_through,
+        [[*k, v] for k, v in state.versions],
+    ]
+    while row[-1] in (None, [], {}):
+        row.pop()
+    return row
+
+
+def from_row(row: list[Any]) -> MeteredResource:
+    values = row + [None] * (len(_ROW_FIELDS) - len(row))
+    (kind, resource_id, tenant, user, start, end, flavors, sizes, names, audits, launch,
+     delete, through, versions) = values
+    start_id = start[2] if start else None
+
+    def mid(value: str | int) -> str:
+        return start_id if value == _SAME_AS_START else value  # type: ignore[return-value]
+
+    return MeteredResource(
+        ResourceType(kind), resource_id, tenant, user,
+        Claim(*start) if start else None,
+        Claim(end[0], end[1], mid(end[2])) if end else None,
+        tuple([Change(c[0], c[1], c[2], mid(c[3])) for c in flavors or ()]),
+        tuple([Change(c[0], c[1], c[2], mid(c[3])) for c in sizes or ()]),
+        tuple(sorted(names.items())) if names else (),
+        tuple([Audit(a[0], a[1], a[2], mid(a[3])) for a in audits or ()]),
+        launch, delete, through,
+        tuple([(RecordKey(*kv[:4]), kv[4]) for kv in versions or ()]),
+    )
+
+
+def from_json_value(data: Any) -> MeteredResource:
+    """A state as JSON gave it: the row form, or ``to_dict``'s (written before the row form)."""
+    return from_row(data) if isinstance(data, list) else from_dict(data)
+
+
 def encode_state(state: MeteredResource) -> bytes:
-    """Compact JSON: the recommended table value (far smaller in memory than the dict)."""
-    return json.dumps(to_dict(state), separators=(",", ":")).encode()
+    """Compact JSON of the row form: the recommended table value (far smaller in memory than
+    the decoded state)."""
+    return json.dumps(to_row(state), separators=(",", ":")).encode()
 
 
 def decode_state(data: bytes) -> MeteredResource:
-    return from_dict(json.loads(data))
+    """``encode_state``'s bytes, or the older ``to_dict`` JSON."""
+    return from_json_value(json.loads(data))
 
 
 def latest_versions(records: Iterable[UsageRecord]) -> dict[str, UsageRecord]:
