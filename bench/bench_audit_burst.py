@@ -229,6 +229,16 @@ def shovel_records(messages: list[Any], topic: str) -> list[tuple[bytes | None, 
 # ------------------------------------------------------------------ the run
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (/proc/<pid>/stat), 0.0 when it is gone:
+    the worker's CPU per event is steadier than wall time on a shared machine."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def write_preload(bootstrap: str, topic: str, exchange: str,
                   records: list[tuple[bytes | None, bytes, list[Any], str]]) -> float:
     """Produce the preload to ``topic`` with the shovel's partitioner; seconds until every
@@ -355,6 +365,7 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
         collector.ready.wait(30)
         try:
             published = len(inputs["preload"])
+            cpu0 = cpu_seconds(pipeline.worker.pid)
             result["preload_write_seconds"] = round(write_preload(
                 args.bootstrap, E2E_TOPICS["source"], pipeline.exchange, inputs["preload"]), 1)
             del inputs["preload"]
@@ -364,6 +375,8 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
             result["worker_rss_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
             result["worker_peak_rss_mb"] = round(max(samples["worker"]) / 1024, 1)
             result["preload_rate"] = round(published / result["preload_seconds"])
+            result["preload_worker_cpu_us_per_event"] = round(
+                (cpu_seconds(pipeline.worker.pid) - cpu0) / published * 1e6)
             print(f"audit burst: preload consumed in {result['preload_seconds']}s; worker RSS "
                   f"{result['worker_rss_mb']} MB (idle {result['worker_idle_rss_mb']} MB)",
                   file=sys.stderr, flush=True)
@@ -379,6 +392,7 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
                 queue_burst(pipeline, args.rabbit_url, inputs["burst"] + inputs["closing"]), 2)
             scanned = len(collector.records)
             t0 = time.perf_counter()
+            cpu0 = cpu_seconds(pipeline.worker.pid)
             pipeline.shovel.start()
             codec = default_codec()
             latest: dict[str, Any] = {}
@@ -409,7 +423,10 @@ def run(args: argparse.Namespace, burst: bool = True) -> dict[str, Any]:
                     break
                 pipeline.worker.check_alive()
                 time.sleep(0.2)
+            burst_cpu = cpu_seconds(pipeline.worker.pid) - cpu0
             collector.stop()
+            result["burst_worker_cpu_seconds"] = round(burst_cpu, 1)
+            result["burst_worker_cpu_us_per_audit"] = round(burst_cpu / n * 1e6)
             result["worker_rss_after_burst_mb"] = round(pipeline.worker.rss_kb() / 1024, 1)
         finally:
             if collector.is_alive():
@@ -503,9 +520,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        "of the burst", result)
     seconds, base = result["seconds"], result["shovel_seconds"]
     note = (f"{result['records_seen']:,}/{result['instances']:,} instances' records, "
-            f"{result['wrong_quantity']} wrong; burst published in "
-            f"{result['burst_publish_seconds']}s; preload {result['preload_messages']:,} msgs "
-            f"at {result['preload_rate']:,}/s")
+            f"{result['wrong_quantity']} wrong; burst queued on RabbitMQ in "
+            f"{result['burst_publish_seconds']}s, timed from the shovel's start; worker CPU "
+            f"{result['burst_worker_cpu_us_per_audit']:,} us per audit (sweep included); "
+            f"preload ({result['preload']}) {result['preload_messages']:,} msgs at "
+            f"{result['preload_rate']:,}/s")
     result["rows"] = [row("audit burst", figure, seconds, "s",
                           baseline="same burst -> trove.notifications (shovel only)",
                           baseline_value=base, target=target,
