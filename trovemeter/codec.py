@@ -374,7 +374,7 @@ def _timestamp_micros_writer(field_schema: dict[str, Any]) -> _FieldWriter:
 
 
 def _write_long(value: Any) -> bytes:
-    if type(value) is not int:  # bool is not a long for fastavro either
+    if not isinstance(value, int):  # a bool passes, as in fastavro
         raise TypeError(f"{type(value).__name__} is not an int")
     return _SMALL_LONGS[value] if 0 <= value < 64 else _long_bytes(value)
 
@@ -383,7 +383,7 @@ _pack_double = struct.Struct("<d").pack
 
 
 def _write_double(value: Any) -> bytes:
-    if type(value) is not float and type(value) is not int:
+    if not isinstance(value, float | int):
         raise TypeError(f"{type(value).__name__} is not a number")
     return _pack_double(value)
 
