@@ -396,9 +396,13 @@ def stack_problem() -> str | None:
     """Why the brokers cannot be used, or None."""
     import socket
 
-    for what, env, default in (("Kafka", "TROVEMETER_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
-                               ("RabbitMQ", None, "127.0.0.1:5672")):
-        hostport = (os.environ.get(env) if env else None) or default
+    from urllib.parse import urlsplit
+
+    rabbit_url = urlsplit(os.environ.get("TROVEMETER_RABBIT_URL") or "amqp://127.0.0.1:5672/")
+    rabbit = f"{rabbit_url.hostname or '127.0.0.1'}:{rabbit_url.port or 5672}"
+    for what, hostport in (
+            ("Kafka", os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP") or "127.0.0.1:9092"),
+            ("RabbitMQ", rabbit)):  # the benchmarks' own defaults, which honour both variables
         host, _, port = hostport.split(",")[0].rpartition(":")
         try:
             with socket.create_connection((host, int(port)), timeout=3):

@@ -19,6 +19,7 @@ import functools
 import io
 import json
 import operator
+import struct
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -372,7 +373,62 @@ def _timestamp_micros_writer(field_schema: dict[str, Any]) -> _FieldWriter:
     return write
 
 
+def _write_long(value: Any) -> bytes:
+    if not isinstance(value, int):  # a bool passes, as in fastavro
+        raise TypeError(f"{type(value).__name__} is not an int")
+    return _SMALL_LONGS[value] if 0 <= value < 64 else _long_bytes(value)
+
+
+_pack_double = struct.Struct("<d").pack
+
+
+def _write_double(value: Any) -> bytes:
+    if not isinstance(value, float | int):
+        raise TypeError(f"{type(value).__name__} is not a number")
+    return _pack_double(value)
+
+
+def _write_optional_double(value: Any) -> bytes:
+    return _NULL_IN_UNION if value is None else _STRING_IN_UNION + _write_double(value)
+
+
+def _write_strings(value: Any) -> bytes:
+    """An array of strings: one block of all items, then the empty block (fastavro's form)."""
+    if not isinstance(value, list):
+        raise TypeError(f"{type(value).__name__} is not a list")
+    if not value:
+        return b"\x00"
+    return _long_bytes(len(value)) + b"".join([_write_string(item) for item in value]) + b"\x00"
+
+
+def _write_string_or_strings(value: Any) -> bytes:
+    """["string", {"array": "string"}]: a string is branch 0, a list branch 1."""
+    if isinstance(value, str):
+        return b"\x00" + _utf8(value.encode())
+    return b"\x02" + _write_strings(value)
+
+
+def _write_string_map(value: Any) -> bytes:
+    """A map of strings: one block of all entries, then the empty block (fastavro's form)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{type(value).__name__} is not a dict")
+    if not value:
+        return b"\x00"
+    return _long_bytes(len(value)) + b"".join(
+        [_write_string(k) + _write_string(v) for k, v in value.items()]) + b"\x00"
+
+
 def _field_writer(avro_type: Any, hint: Any) -> _FieldWriter | None:
+    if avro_type == "long" and hint is int:
+        return _write_long
+    if avro_type == "double" and hint is float:
+        return _write_double
+    if avro_type == ["null", "double"] and non_null(hint) is float:
+        return _write_optional_double
+    if avro_type == ["string", {"type": "array", "items": "string"}] and hint == str | list[str]:
+        return _write_string_or_strings
+    if avro_type == {"type": "map", "values": "string"} and hint == dict[str, str]:
+        return _write_string_map
     if avro_type == "string":
         return _write_json_text if is_json_object(hint) else (
             _write_string if hint is str else None)
