@@ -1,4 +1,5 @@
-"""Faust's Kafka consumer with a cheaper hand-over of each fetched message to the agents.
+"""Faust's per-message machinery, leaner: its Kafka consumer's hand-over of each fetched message
+to the agents (``LeanConsumer``), and an agent's iteration over its stream (``lean_events``).
 
 faust-streaming 0.15.3's fetch loop (``faust.transport.consumer.Consumer._drain_messages``)
 hands every message to the conductor (which finds the message's channels and puts an event on
@@ -18,15 +19,27 @@ too (its task's first step ran before the other futures could win), so nothing e
 
 The rest of the loop is Faust's, copied from 0.15.3 (``LEAN_FAUST_VERSION``): with another
 Faust version the worker uses Faust's own consumer (``streams/app.py``).
+
+``lean_events(stream)`` gives what ``stream.noack().events()`` gives, without the stream
+iterator's per-event work: Faust's iterator yields to the event loop before *every* event (a
+loop turn and an ``epoll_wait`` each), awaits the channel even when the queue holds events,
+calls the stream sensors and sets the current-event context variable -- none of which the
+worker's agents use (their writes name their partitions, ``streams/outbox.py``). What it keeps
+from Faust 0.15.3's ``Stream._py_aiter``: events of an earlier consumer generation, or read
+while flow control is suspended, are skipped and acknowledged; every message is tracked as
+unacknowledged (so a rebalance's ``wait_empty`` waits for the outbox to acknowledge it); channel
+errors are raised. It yields to the loop when the queue is empty and every ``yield_every``
+events, as Faust's fetch loop does.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types import EventT
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from mode import Service, ServiceT
 
@@ -161,3 +174,56 @@ class LeanTransport(aiokafka_driver.Transport):  # type: ignore[misc]
     """Faust's aiokafka transport, creating ``LeanConsumer``s."""
 
     Consumer = LeanConsumer
+
+
+async def lean_events(stream: Any, yield_every: int = 100) -> AsyncIterator[Any]:
+    """The events of an agent's ``stream``, unacknowledged (see the module docstring)."""
+    if stream._processors:  # e.g. Faust's test_context counting what the agent took
+        async for event in stream.noack().events():
+            yield event
+        return
+    stream._finalized = True  # as Faust's iterators mark it: no more processors
+    started = await stream.maybe_start()
+    app = stream.app
+    channel = stream.channel
+    queue = channel.queue
+    errors = queue._errors
+    empty, get_nowait, get = queue.empty, queue.get_nowait, queue.get
+    track = app.consumer.unacked.add
+    acking_topics = app.topics.acking_topics
+    on_message_in = stream._on_message_in
+    flow_active = app.flow_control.is_active
+    sleep = asyncio.sleep
+    since_yield = 0
+    try:
+        while not stream.should_stop:
+            if errors:
+                raise errors.popleft()
+            if empty():
+                since_yield = 0
+                value = await get()
+            elif since_yield >= yield_every:
+                since_yield = 0
+                await sleep(0)
+                continue  # a rebalance may have cleared the queue meanwhile
+            else:
+                since_yield += 1
+                value = get_nowait()
+            if not isinstance(value, EventT):
+                continue  # not from a topic: nothing the worker's agents are sent
+            message = value.message
+            if not flow_active() or message.generation_id != app.consumer_generation_id:
+                value.ack()  # Faust acknowledges what it skips, so that the lag does not grow
+                continue
+            if message.topic in acking_topics and not message.tracked:
+                message.tracked = True
+                track(message)
+                on_message_in(message.tp, message.offset, message)
+            yield value
+    except StopAsyncIteration:
+        return  # the channel stopped (shutdown): an async generator must not propagate it
+    finally:
+        stream._channel_stop_iteration(channel)
+        if started:
+            await stream.stop()
+            stream.service_reset()
