@@ -673,12 +673,15 @@ def _direct_reader(parsed: dict[str, Any], hints: dict[str, Any],
                    model: type) -> Callable[[bytes, int], Any] | None:
     """The record whose Avro body starts at ``pos`` of ``data``, or None when a field is of a
     kind this reader does not cover. Bytes after the body are ignored, as fastavro does."""
-    readers = []
+    # (is a string, is optional, reader): strings -- most fields -- are read in the loop
+    # itself, saving two calls and a tuple per field (~1 us of ~11 per Notification here).
+    plan: list[tuple[bool, bool, _FieldReader]] = []
     for field in parsed["fields"]:
         reader = _field_reader(field["type"], hints.get(field["name"]))
         if reader is None:
             return None
-        readers.append(reader)
+        inline = reader is _read_string or reader is _read_optional_string
+        plan.append((inline, reader is _read_optional_string, reader))
     names = [field["name"] for field in parsed["fields"]]
     if names != [f.name for f in dataclasses.fields(model)]:
         return None  # the positional construction below needs the schema's order
@@ -687,10 +690,36 @@ def _direct_reader(parsed: dict[str, Any], hints: dict[str, Any],
     def read_record(data: bytes, pos: int) -> Any:
         values = []
         append = values.append
+        length = len(data)
         try:
-            for read in readers:
-                value, pos = read(data, pos)
-                append(value)
+            for is_string, optional, read in plan:
+                if not is_string:
+                    value, pos = read(data, pos)
+                    append(value)
+                    continue
+                if optional:  # ["null", "string"]: index 0 or 1
+                    index = data[pos]
+                    pos += 1
+                    if index == 0:
+                        append(None)
+                        continue
+                    if index != 2:
+                        raise _Corrupt(f"union index {index} out of range")
+                size = data[pos]  # _read_utf8, inline
+                if size < 0x80:
+                    pos += 1
+                    if size & 1:
+                        raise _Corrupt("negative length")
+                    size >>= 1
+                else:
+                    size, pos = _read_long(data, pos)
+                    if size < 0:
+                        raise _Corrupt("negative length")
+                end = pos + size
+                if end > length:
+                    raise _Corrupt("truncated string")
+                append(data[pos:end].decode())
+                pos = end
         except (IndexError, ValueError, OverflowError) as exc:  # UnicodeError, JSON: ValueError
             raise CodecError(f"corrupt {name} body: {exc}") from exc
         return model(*values)
