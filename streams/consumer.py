@@ -21,6 +21,11 @@ too (its task's first step ran before the other futures could win), so nothing e
 The rest of the loop is Faust's, copied from 0.15.3 (``LEAN_FAUST_VERSION``): with another
 Faust version the worker uses Faust's own consumer (``streams/app.py``).
 
+``RawSchema`` is Faust's schema for topics read as the bytes Kafka holds (key and value types
+``bytes``, serializer ``raw``): the event is built from the message's own key and value, as
+Faust's schema would after two passes through its serializer registry (codec lookup, the raw
+codec, the payload's type check: the same bytes objects, None stays None) per message.
+
 ``lean_events(stream)`` gives what ``stream.noack().events()`` gives, without the stream
 iterator's per-event work: Faust's iterator yields to the event loop before *every* event (a
 loop turn and an ``epoll_wait`` each), awaits the channel even when the queue holds events,
@@ -39,6 +44,7 @@ import asyncio
 from collections.abc import AsyncIterator, Coroutine, Generator
 from typing import Any, cast
 
+import faust
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types import EventT
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -169,6 +175,22 @@ class LeanConsumer(aiokafka_driver.Consumer):  # type: ignore[misc]
             raise
         finally:
             unset_flag(flag_consumer_fetching)
+
+
+class RawSchema(faust.Schema):  # type: ignore[misc]
+    """Keys and values as bytes, decoded by no serializer (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__(key_type=bytes, value_type=bytes, key_serializer="raw",
+                         value_serializer="raw")
+
+    def compile(self, app: Any, **_: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Any, *, propagate: bool = False) -> Any:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 class LeanTransport(aiokafka_driver.Transport):  # type: ignore[misc]

@@ -117,3 +117,22 @@ def test_lean_events_end_when_the_channel_stops() -> None:
         assert taken == []
 
     run(scenario)
+
+
+def test_raw_schema_gives_the_events_faust_s_raw_schema_gives() -> None:
+    import faust
+
+    from streams.consumer import RawSchema
+
+    faust_schema = faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw",
+                                value_serializer="raw")
+
+    async def scenario() -> None:
+        for key, value in ((b"k", b"\xc3\x01body"), (None, b"v"), (b"k", None)):
+            message = Message("t", 1, 5, 0.0, 0, [("h", b"1")], key, value, None)
+            mine = await RawSchema().compile(app)(message, propagate=True)
+            theirs = await faust_schema.compile(app)(message, propagate=True)
+            assert (mine.key, mine.value, mine.headers, mine.message) == \
+                (theirs.key, theirs.value, theirs.headers, theirs.message)
+
+    run(scenario)
