@@ -476,55 +476,12 @@ def _field_getter(model: type) -> Callable[[Any], Sequence[Any]]:
     return get if len(names) > 1 else (lambda record: (get(record),))
 
 
-# --- more field kinds for the direct writer -----------------------------------------------
-# Resource states, operation and usage records also hold longs, doubles, optional values,
-# arrays and maps of strings: with these kinds every model the worker writes takes the direct
-# writer (fastavro's generic writer was ~15 us per record there, docs/benchmarks.md).
+# --- optional values of any kind the direct writer covers --------------------------------
+# Resource states and operation records hold optional longs, timestamps, enums and arrays of
+# strings: with these every model the worker writes takes the direct writer (fastavro's
+# generic writer was ~15 us per record there, docs/benchmarks.md).
 
-_DOUBLE = struct.Struct("<d")
 _VALUE_IN_UNION = b"\x02"  # index 1 of ["null", X]
-_END_OF_BLOCKS = b"\x00"  # an array's or map's closing block count
-
-
-def _write_long(value: Any) -> bytes:
-    if type(value) is not int:  # a bool is an int too, but not an Avro long
-        raise TypeError(f"{type(value).__name__} is not an integer")
-    return _long_bytes(value)
-
-
-def _write_double(value: Any) -> bytes:
-    if type(value) is not float and type(value) is not int:
-        raise TypeError(f"{type(value).__name__} is not a number")
-    return _DOUBLE.pack(value)
-
-
-def _write_string_array(value: Any) -> bytes:
-    if not isinstance(value, list):
-        raise TypeError(f"{type(value).__name__} is not a list")
-    if not value:
-        return _END_OF_BLOCKS
-    # One block holding every item, then the empty block: fastavro's layout.
-    return b"".join([_long_bytes(len(value)), *map(_write_string, value), _END_OF_BLOCKS])
-
-
-def _write_string_map(value: Any) -> bytes:
-    if not isinstance(value, dict):
-        raise TypeError(f"{type(value).__name__} is not a dict")
-    if not value:
-        return _END_OF_BLOCKS
-    parts = [_long_bytes(len(value))]
-    for key, item in value.items():
-        parts.append(_write_string(key))
-        parts.append(_write_string(item))
-    parts.append(_END_OF_BLOCKS)
-    return b"".join(parts)
-
-
-def _write_string_or_array(value: Any) -> bytes:
-    """``["string", {"type": "array", "items": "string"}]`` from a str or a list of them."""
-    if isinstance(value, str):
-        return b"\x00" + _write_string(value)
-    return b"\x02" + _write_string_array(value)
 
 
 def _optional(write: _FieldWriter) -> _FieldWriter:
@@ -536,37 +493,18 @@ def _optional(write: _FieldWriter) -> _FieldWriter:
     return write_optional
 
 
-def _is_list_of_str(hint: Any) -> bool:
-    return typing.get_origin(hint) is list and typing.get_args(hint) == (str,)
-
-
 def _structured_field_writer(avro_type: Any, hint: Any) -> _FieldWriter | None:
-    """The kinds ``_field_writer`` leaves to this: numbers, optional non-strings, arrays and
-    maps of strings, a string-or-array union."""
-    if avro_type == "long" and hint is int:
-        return _write_long
-    if avro_type == "double" and hint is float:
-        return _write_double
-    if isinstance(avro_type, dict):
-        kind = avro_type.get("type")
-        if kind == "array" and avro_type.get("items") == "string" and _is_list_of_str(hint):
-            return _write_string_array
-        if kind == "map" and avro_type.get("values") == "string" \
-                and typing.get_origin(hint) is dict and typing.get_args(hint) == (str, str):
-            return _write_string_map
+    """The kinds ``_field_writer`` leaves to this: an array of strings, and ``["null", X]``
+    for any X the direct writer covers."""
+    if avro_type == {"type": "array", "items": "string"} and hint == list[str]:
+        return _write_strings
+    if not (isinstance(avro_type, list) and len(avro_type) == 2 and avro_type[0] == "null"):
         return None
-    if not isinstance(avro_type, list) or len(avro_type) != 2:
+    inner = non_null(hint)
+    if inner is hint:  # not optional in the model
         return None
-    if avro_type[0] == "null":
-        inner = non_null(hint)
-        if inner is hint:  # not optional in the model
-            return None
-        write = _field_writer(avro_type[1], inner)
-        return None if write is None else _optional(write)
-    if avro_type[0] == "string" and avro_type[1] == {"type": "array", "items": "string"} \
-            and set(typing.get_args(hint)) == {str, list[str]}:
-        return _write_string_or_array
-    return None
+    write = _field_writer(avro_type[1], inner)
+    return None if write is None else _optional(write)
 
 
 # --- a direct reader for flat records -------------------------------------------------------
