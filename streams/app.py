@@ -16,6 +16,7 @@ from trovemeter.security import faust_credentials
 from trovemeter.settings import WorkerSettings
 
 settings = WorkerSettings()
+log = logging.getLogger("trovemeter.streams")
 
 
 class LeanMonitor(faust.Monitor):  # type: ignore[misc]
@@ -49,7 +50,21 @@ for _name in ("aiokafka", "faust", "mode"):
     if settings.log_level.upper() != "DEBUG":
         logging.getLogger(_name).setLevel(logging.INFO)
 
-app = faust.App(
+class WorkerApp(faust.App):  # type: ignore[misc]
+    """Faust's app with the lean consumer (``streams/consumer.py``) when Faust is the version
+    its fetch loop was copied from."""
+
+    def _new_transport(self) -> Any:
+        from streams.consumer import LEAN_FAUST_VERSION, LeanTransport
+
+        if faust.__version__ != LEAN_FAUST_VERSION:
+            log.warning("faust %s, not %s: Faust's own consumer (streams/consumer.py)",
+                        faust.__version__, LEAN_FAUST_VERSION)
+            return super()._new_transport()
+        return LeanTransport(self.conf.broker_consumer, self)
+
+
+app = WorkerApp(
     settings.app_id,
     broker=f"kafka://{settings.kafka_bootstrap}",
     broker_credentials=faust_credentials(settings),  # TLS/SASL (docs/security.md); None: plaintext

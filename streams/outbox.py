@@ -255,10 +255,13 @@ class Outbox:
                 failures.append(f"{msg.topic() if msg is not None else '?'}: {err}")
 
         closed.unconfirmed += len(closed.changes)
+        topics: dict[Changelog, str] = {}  # the name is computed by Faust on each access
         for (table, key), (partition, value) in closed.changes.items():
+            topic = topics.get(table)
+            if topic is None:
+                topic = topics[table] = table.changelog_topic_name
             raw = table.changelog_value(value)
-            self._produce(table.changelog_topic_name, raw, table.changelog_key(key), partition,
-                          None, confirmed)
+            self._produce(topic, raw, table.changelog_key(key), partition, None, confirmed)
             table.written(key, value, raw)
         closed.written = True
         self.stats["changelog_records"] += len(closed.changes)

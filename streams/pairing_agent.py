@@ -56,6 +56,7 @@ import orjson
 from faust.types import TP
 
 from streams.app import app, settings
+from streams.consumer import lean_events
 from streams.resource_agent import EventClock, read_progress, source_handlers
 from streams.tables import open_operations, outbox, recent_operations
 from streams.topics import (
@@ -283,7 +284,8 @@ source_handlers.append(forwarder)
 @app.agent(pairing_topic, concurrency=1)
 async def pairing(stream: Any) -> None:
     """<app id>-pairing (batches and ticks) -> open_operations, trove.operations, trove.errors."""
-    async for event in stream.noack().events():  # acknowledged by the outbox (outbox.py)
+    # Acknowledged by the outbox (outbox.py); lean_events: see the source agent.
+    async for event in lean_events(stream):
         outbox.processed(event)
         value = event.value
         partition = event.message.partition

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from streams.app import app, settings
+from streams.consumer import lean_events
 from streams.tables import outbox, resources
 from streams.topics import APP_ID_HEADER, source_topic
 from trovemeter.codec import CodecError, decode, encode, header_for
@@ -233,8 +234,9 @@ def process(raw: bytes, partition: int, offset: int) -> None:
 async def notifications(stream: Any) -> None:
     """trove.notifications -> every source handler."""
     processed = outbox.processed
-    # noack: an event is acknowledged by the outbox once what it caused is durable.
-    async for event in stream.noack().events():
+    # Unacknowledged: the outbox acknowledges an event once what it caused is durable.
+    # (lean_events: ``stream.noack().events()`` without Faust's per-event stream work.)
+    async for event in lean_events(stream):
         processed(event)  # (effects below join the current epoch before it can close)
         message = event.message
         process(event.value, message.partition, message.offset)

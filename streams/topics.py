@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 
 from streams.app import app, settings
+from streams.consumer import RawSchema
 from trovemeter.watermark import SourceProgress
 
 BATCH_MAGIC = b"TMB1"
@@ -60,13 +61,10 @@ PAIRING_TOPIC = f"{settings.app_id}-pairing"
 APP_ID_HEADER = ("trovemeter.app_id", settings.app_id.encode())
 PARTITIONS = settings.topic_partitions
 
-source_topic = app.topic(
-    settings.source_topic, key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw",
-)
+# Read raw (RawSchema: bytes keys and values without Faust's serializer registry per message).
+source_topic = app.topic(settings.source_topic, schema=RawSchema())
 pairing_topic = app.topic(
-    PAIRING_TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw",
-    value_serializer="raw", internal=True, partitions=PARTITIONS,
+    PAIRING_TOPIC, schema=RawSchema(), internal=True, partitions=PARTITIONS,
     # Forwarded events are needed only until the pairing agent has taken them into its table.
     retention=timedelta(days=1),
 )
@@ -99,10 +97,7 @@ def create_pairing_topic(sender: object, **_: object) -> None:
     raise RuntimeError(f"Kafka topic {PAIRING_TOPIC} has no leader for every partition after 60 s")
 
 
-errors_topic = app.topic(
-    settings.errors_topic, key_type=bytes, value_type=bytes,
-    key_serializer="raw", value_serializer="raw",
-)
+errors_topic = app.topic(settings.errors_topic, schema=RawSchema())
 
 
 def pairing_partition(join_key: str, partitions: int = PARTITIONS) -> int:

@@ -35,6 +35,7 @@ Which events say what:
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
@@ -117,19 +118,23 @@ class TrackedResource:
         ~0.9 KB for ``to_dict``'s): ``[1, <the state's fields in ROW_FIELDS order>,
         [<field index>, <last_event_at - reported at>, ...]]``, times in microseconds since the
         epoch, enums as their values."""
-        state = self.state
-        row: list[Any] = [ROW_VERSION]
-        for name in ROW_FIELDS:
-            value = getattr(state, name)
-            if isinstance(value, datetime):
-                value = (value - _EPOCH) // _MICROSECOND
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            row.append(value)
+        row: list[Any] = [ROW_VERSION, *_row_values(self.state)]
+        for index in _ROW_TIMES:
+            moment = row[1 + index]
+            if moment is not None:
+                row[1 + index] = (moment - _EPOCH) // _MICROSECOND
+        row[1 + _ROW_TYPE] = row[1 + _ROW_TYPE].value
+        if row[1 + _ROW_STATUS] is not None:
+            row[1 + _ROW_STATUS] = row[1 + _ROW_STATUS].value
         last_us = row[1 + _LAST_EVENT_AT]
+        # An event reports several attributes at its one moment: converted once per moment.
+        offsets: dict[datetime, int] = {}
         reported: list[int] = []
         for name, moment in self.reported_at.items():
-            reported += (_ROW_INDEX[name], last_us - (moment - _EPOCH) // _MICROSECOND)
+            offset = offsets.get(moment)
+            if offset is None:
+                offset = offsets[moment] = last_us - (moment - _EPOCH) // _MICROSECOND
+            reported += (_ROW_INDEX[name], offset)
         row.append(reported)
         return row
 
@@ -146,9 +151,15 @@ class TrackedResource:
             values[_ROW_STATUS] = ResourceStatus(values[_ROW_STATUS])
         last_us = row[1 + _LAST_EVENT_AT]
         reported = row[-1]
-        reported_at = {ROW_FIELDS[reported[i]]: _EPOCH + timedelta(
-            microseconds=last_us - reported[i + 1]) for i in range(0, len(reported), 2)}
-        return cls(ResourceState(**dict(zip(ROW_FIELDS, values))), reported_at)
+        moments: dict[int, datetime] = {}  # offset -> moment: one datetime per moment
+        reported_at = {}
+        for i in range(0, len(reported), 2):
+            offset = reported[i + 1]
+            moment = moments.get(offset)
+            if moment is None:
+                moment = moments[offset] = _EPOCH + timedelta(microseconds=last_us - offset)
+            reported_at[ROW_FIELDS[reported[i]]] = moment
+        return cls(ResourceState(*values), reported_at)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(ResourceState))
@@ -164,6 +175,8 @@ ROW_FIELDS = ("resource_id", "resource_type", "last_event_type", "last_event_at"
               "datastore_version", "created_at", "launched_at", "deleted_at")
 assert set(ROW_FIELDS) == set(_STATE_FIELDS), "ResourceState changed: new row version needed"
 _ROW_INDEX = {name: i for i, name in enumerate(ROW_FIELDS)}
+assert ROW_FIELDS == _STATE_FIELDS, "from_row builds ResourceState positionally"
+_row_values = operator.attrgetter(*ROW_FIELDS)
 _ROW_TIMES = tuple(_ROW_INDEX[name] for name in _STATE_TIMES)
 _ROW_TYPE, _ROW_STATUS = _ROW_INDEX["resource_type"], _ROW_INDEX["status"]
 _LAST_EVENT_AT = _ROW_INDEX["last_event_at"]
