@@ -134,6 +134,15 @@ def test_the_direct_writer_refuses_what_fastavro_refuses(field, value):
         fastavro_bytes(entry, record)
 
 
+def test_the_fields_encoder_refuses_a_wrong_number_of_values():
+    encode_fields = codec_module.default_codec().fields_encoder(Notification)
+    values = dataclasses.astuple(NOTIFICATION)
+    assert encode_fields(values) == encode(NOTIFICATION)
+    for wrong in (values[:-1], (*values, "extra")):
+        with pytest.raises(CodecError, match="values for"):
+            encode_fields(wrong)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_single_object_header_is_marker_plus_crc64_of_canonical_form(name):
     entry = entry_named(name)
