@@ -34,6 +34,10 @@ _FLAG_CONTENT_ENCODING = spec.BasicProperties.FLAG_CONTENT_ENCODING
 # what it was given instead of re-slicing the buffer per frame, so larger reads cost nothing
 # extra and save recv() and poll() calls.
 RECV_BYTES = 128 * 1024
+# Exchanges, routing keys and property lists repeat from one delivery to the next: each is
+# decoded once. The bound keeps a publisher that varies them per message (message ids in the
+# properties, say) from growing the tables; past it they are decoded every time.
+_DECODED_LIMIT = 1024
 
 
 class Delivery:
@@ -110,6 +114,8 @@ class DeliveryReader:
         self._body_size = 0
         self._body_parts: list[bytes] = []
         self._body_read = 0
+        self._names: dict[bytes, Any] = {}  # encoded exchange / routing key -> pika's value
+        self._kinds: dict[bytes, tuple[Any, Any]] = {}  # property list -> (type, encoding)
 
     def feed(self, data: bytes) -> int:
         """Process every complete frame in what was read so far; returns the bytes consumed."""
@@ -142,12 +148,14 @@ class DeliveryReader:
                     self._deliver()
             elif frame_type == 1 and self._method is None \
                     and _METHOD_ID.unpack_from(buffer, payload)[0] == _BASIC_DELIVER:
-                _consumer_tag, offset = _short_string(buffer, payload + 4)
+                offset = payload + 5 + buffer[payload + 4]  # past the consumer tag
                 tag = _DELIVERY_TAG.unpack_from(buffer, offset)[0]
                 redelivered = bool(buffer[offset + 8] & 1)
-                exchange, offset = _short_string(buffer, offset + 9)
-                routing_key, _ = _short_string(buffer, offset)
-                self._method = (tag, redelivered, exchange, routing_key)
+                offset += 9
+                exchange_end = offset + 1 + buffer[offset]
+                routing_key_end = exchange_end + 1 + buffer[exchange_end]
+                self._method = (tag, redelivered, self._name(buffer[offset + 1:exchange_end]),
+                                self._name(buffer[exchange_end + 1:routing_key_end]))
             else:
                 # Any other method of this channel, or content frames out of sequence: pika
                 # answers them (out-of-sequence content closes the connection there, as it
@@ -163,8 +171,23 @@ class DeliveryReader:
         self._method = self._properties = None
         self._body_parts, self._body_read = [], 0
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        content_type, content_encoding = _type_and_encoding(properties)
-        self.on_delivery(Delivery(*method, content_type, content_encoding, properties), body)
+        kind = self._kinds.get(properties)
+        if kind is None:
+            kind = _type_and_encoding(properties)
+            if len(self._kinds) < _DECODED_LIMIT:
+                self._kinds[properties] = kind
+        self.on_delivery(Delivery(*method, *kind, properties), body)
+
+    def _name(self, encoded: bytes) -> Any:
+        name = self._names.get(encoded)
+        if name is None:
+            try:
+                name = encoded.decode()
+            except UnicodeDecodeError:  # pika keeps such a name as bytes
+                name = encoded
+            if len(self._names) < _DECODED_LIMIT:
+                self._names[encoded] = name
+        return name
 
 
 def install(connection: Any, channel_number: int,
