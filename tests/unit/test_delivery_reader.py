@@ -123,3 +123,15 @@ def test_delivery_from_pika_keeps_its_properties() -> None:
             delivery.routing_key) == (5, True, "trove", "notifications.error")
     assert delivery.properties is PROPERTIES
     assert (delivery.content_type, delivery.content_encoding) == ("application/json", "utf-8")
+
+
+def test_names_and_properties_beyond_the_decoded_tables_still_decode(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("connectors.delivery_reader._DECODED_LIMIT", 1)
+    other = spec.BasicProperties(content_type="text/plain", content_encoding="gzip")
+    stream = (deliver_frames(1, b"a", exchange="one") + deliver_frames(2, b"b", exchange="two")
+              + deliver_frames(3, b"c", properties=other) + deliver_frames(4, b"d"))
+    recorder = Recorder()
+    recorder.feed_in_chunks(stream, [])
+    assert recorder.events == [expected(1, b"a", exchange="one"), expected(2, b"b", exchange="two"),
+                               expected(3, b"c", other), expected(4, b"d")]
