@@ -2,13 +2,14 @@
 
 One thread drives a pika ``BlockingConnection`` and a confluent-kafka ``Producer`` in its own loop:
 
-    process_data_events(time_limit)   deliveries -> _on_message: track the tag, batch the body
+    process_data_events(time_limit)   deliveries (decoded by ``delivery_reader``, not pika's
+                                      frame objects) -> _on_delivery: track the tag, batch the body
     _submit_batch / _collect          parse + encode in a helper process (``parse_pool``),
                                       outcomes back in delivery order -> produce()
     producer.poll(0)                  delivery reports -> AckWindow.confirm(tag)
     basic_ack(top, multiple=True)     top = highest contiguous confirmed delivery tag
 
-(``parse_workers=0`` parses inline in ``_on_message`` instead.) See docs/shovel.md.
+(``parse_workers=0`` parses inline in ``_on_delivery`` instead.) See docs/shovel.md.
 
 Guarantees (as RabbitMQ's Shovel in ``on-confirm`` mode):
 - a delivery is acked only after Kafka's delivery report for its record (or for its dead letter)
@@ -525,9 +526,10 @@ class Shovel:
                      reason: RejectReason, detail: str, max_body: int = DLQ_MAX_BODY_BYTES) -> None:
         detail = mask_url_password(" ".join(detail.split()))[:1000]  # one line, no secrets
         letter = DeadLetter.from_delivery(
-            body, reason, detail, exchange=delivery.exchange or "", routing_key=delivery.routing_key or "",
-            properties=_amqp_properties(delivery.properties), redelivered=bool(delivery.redelivered),
-            max_body_bytes=max_body)
+            body, reason, detail, exchange=delivery.exchange or "",
+            routing_key=delivery.routing_key or "",
+            properties=_amqp_properties(delivery.properties),
+            redelivered=bool(delivery.redelivered), max_body_bytes=max_body)
         try:
             value = self.serde.encode(letter, self.dlq_topic)
             headers = self.serde.headers_for(letter)
@@ -549,8 +551,8 @@ class Shovel:
         if found:
             headers.append((HEADER_MESSAGE_ID, found.group(1)))
         self._log_dead_letter(reason, detail, delivery, len(body))
-        self._produce(_Out(self.dlq_topic, None, value, headers, delivery.delivery_tag, window, reason.value,
-                           delivery, body, final=max_body == 0))
+        self._produce(_Out(self.dlq_topic, None, value, headers, delivery.delivery_tag, window,
+                           reason.value, delivery, body, final=max_body == 0))
 
     def _produce(self, out: _Out, attempt: int = 0) -> None:
         """Hand ``out`` to librdkafka; its delivery report confirms the tag or schedules a retry."""
