@@ -187,6 +187,12 @@ def test_the_fixture_payload_travels_as_json_text():
     assert json.loads(datum["payload"]) == {"name": "ü-数据"} and datum["context"] == "{}"
 
 
+@pytest.mark.parametrize("payload", [{1: "one", "b": {2.5: None}}, {"n": 2**70, "s": "x"}])
+def test_json_texts_the_fast_path_cannot_write_take_fastavros_bytes(payload):
+    record = dataclasses.replace(NOTIFICATION, payload=payload)
+    assert encode(record) == fastavro_bytes(entry_named("trovemeter.Notification"), record)
+
+
 def test_payload_with_integers_beyond_64_bits_still_encodes():
     record = Notification("m", "e", ResourceType.UNKNOWN, "e", Phase.POINT, "p", "INFO",
                           datetime(2026, 1, 1, tzinfo=UTC), payload={"n": 2**70})
