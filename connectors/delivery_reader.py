@@ -66,7 +66,7 @@ class Delivery:
 
     @property
     def properties(self) -> spec.BasicProperties:
-        if isinstance(self._properties, (bytes, memoryview)):
+        if isinstance(self._properties, bytes):
             self._properties = spec.BasicProperties().decode(self._properties)
         return self._properties
 
