@@ -150,7 +150,6 @@ class Shovel:
         stall_after: float = 10.0,
         max_reconnect_delay: float = 10.0,
         parse_workers: int = 1,
-        batch_limit: int = 256,
     ) -> None:
         self.settings = settings
         self.topic, self.dlq_topic = topic, dlq_topic
@@ -175,7 +174,6 @@ class Shovel:
                              "schema_registry_url": settings.schema_registry_url}
         self._pool: ParsePool | None = None
         self._batch: list[tuple[Delivery, bytes]] = []
-        self._batch_limit = batch_limit
         self._pending: deque[tuple[int, AckWindow, list[tuple[Delivery, bytes]]]] = deque()
 
         self._stopping = False
@@ -472,7 +470,9 @@ class Shovel:
         self._on_delivery(Delivery.from_pika(method, properties), body)
 
     def _on_delivery(self, delivery: Delivery, body: bytes) -> None:
-        """Called inside pika's I/O (``delivery_reader``): must not call pika."""
+        """Called inside pika's I/O (``delivery_reader``): it must not call pika, nor raise
+        what the loop handles (pika would take it for a broken connection), so the batch goes
+        to the parser helpers from ``_pump``, once per read."""
         window = self._window
         window.track(delivery.delivery_tag)
         stats = self.stats
@@ -480,10 +480,7 @@ class Shovel:
         if delivery.redelivered:
             stats.redelivered += 1
         if self._pool is not None:
-            batch = self._batch
-            batch.append((delivery, body))
-            if len(batch) >= self._batch_limit:
-                self._submit_batch()
+            self._batch.append((delivery, body))
             return
         self._emit(window, delivery, body,
                    self._transform(body, delivery.content_type, delivery.content_encoding))
