@@ -27,6 +27,7 @@ from collections import Counter, deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from connectors.gc_tuning import settle_after_startup
 from trovemeter.envelope import BadNotification, parse_fields
 from trovemeter.model import Notification, RejectReason
 
@@ -140,6 +141,7 @@ def _helper_main(conn: Connection) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. an invalid event mapping: tell the parent
         conn.send_bytes(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
         return
+    settle_after_startup()
     conn.send_bytes(pickle.dumps(("ready", os.getpid())))
     counts = transform.unknown_counts()
     seen_unknown = sum(counts.values())

@@ -2,13 +2,14 @@
 
 One thread drives a pika ``BlockingConnection`` and a confluent-kafka ``Producer`` in its own loop:
 
-    process_data_events(time_limit)   deliveries -> _on_message: track the tag, batch the body
+    process_data_events(time_limit)   deliveries (decoded by ``delivery_reader``, not pika's
+                                      frame objects) -> _on_delivery: track the tag, batch the body
     _submit_batch / _collect          parse + encode in a helper process (``parse_pool``),
                                       outcomes back in delivery order -> produce()
     producer.poll(0)                  delivery reports -> AckWindow.confirm(tag)
     basic_ack(top, multiple=True)     top = highest contiguous confirmed delivery tag
 
-(``parse_workers=0`` parses inline in ``_on_message`` instead.) See docs/shovel.md.
+(``parse_workers=0`` parses inline in ``_on_delivery`` instead.) See docs/shovel.md.
 
 Guarantees (as RabbitMQ's Shovel in ``on-confirm`` mode):
 - a delivery is acked only after Kafka's delivery report for its record (or for its dead letter)
@@ -41,6 +42,8 @@ import pika.exceptions
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from connectors.ack_window import AckWindow
+from connectors.delivery_reader import Delivery
+from connectors.delivery_reader import install as install_delivery_reader
 from connectors.metrics import ShovelStats
 from connectors.parse_pool import Outcome, ParsePool, ParsePoolDied, Transformer
 from trovemeter import topics
@@ -98,7 +101,8 @@ class _Out:
     tag: int
     window: AckWindow
     reason: str | None  # dead letters: the reject reason (metric label); None for notifications
-    delivery: Any  # (body, exchange, routing_key, properties, redelivered) of the AMQP delivery
+    delivery: Delivery
+    body: bytes  # as delivered
     # A dead letter already without its body: if Kafka refuses even that as too large, nothing
     # is left to shrink, so it is retried with backoff like any failed delivery.
     final: bool = False
@@ -146,7 +150,6 @@ class Shovel:
         stall_after: float = 10.0,
         max_reconnect_delay: float = 10.0,
         parse_workers: int = 1,
-        batch_limit: int = 256,
     ) -> None:
         self.settings = settings
         self.topic, self.dlq_topic = topic, dlq_topic
@@ -170,9 +173,8 @@ class Shovel:
                              "event_mapping": settings.event_mapping,
                              "schema_registry_url": settings.schema_registry_url}
         self._pool: ParsePool | None = None
-        self._batch: list[tuple[int, Any, Any, bytes]] = []
-        self._batch_limit = batch_limit
-        self._pending: deque[tuple[int, AckWindow, list[tuple[int, Any, Any, bytes]]]] = deque()
+        self._batch: list[tuple[Delivery, bytes]] = []
+        self._pending: deque[tuple[int, AckWindow, list[tuple[Delivery, bytes]]]] = deque()
 
         self._stopping = False
         self._producer: Producer | None = None
@@ -365,6 +367,9 @@ class Shovel:
                 channel.queue_bind(s.queue, exchange, routing_key)
         channel.basic_qos(prefetch_count=s.prefetch)
         channel.add_on_cancel_callback(self._on_consumer_cancelled)
+        # Before basic_consume: every delivery then takes the same path, in order (one that
+        # pika decoded first would be handed out after later ones the reader decoded).
+        install_delivery_reader(connection, channel.channel_number, self._on_delivery)
         self._consumer_tag = channel.basic_consume(s.queue, self._on_message)
         self._channel = channel
         self.stats.rabbit_connected = True
@@ -454,30 +459,37 @@ class Shovel:
         before = len(window)
         top = window.pop_ackable()
         if top is not None:
-            self._channel.basic_ack(top, multiple=True)
+            # Counted before basic_ack: its I/O may bring (and track) new deliveries.
             self.stats.acked += before - len(window)
+            self._channel.basic_ack(top, multiple=True)
         self.stats.in_flight = len(window)
 
     def _on_message(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
-        tag = method.delivery_tag
-        self._window.track(tag)
+        """pika's consumer callback. The ``DeliveryReader`` decodes the channel's deliveries
+        before pika sees them; this takes any that pika would decode itself all the same."""
+        self._on_delivery(Delivery.from_pika(method, properties), body)
+
+    def _on_delivery(self, delivery: Delivery, body: bytes) -> None:
+        """Called inside pika's I/O (``delivery_reader``): it must not call pika, nor raise
+        what the loop handles (pika would take it for a broken connection), so the batch goes
+        to the parser helpers from ``_pump``, once per read."""
+        window = self._window
+        window.track(delivery.delivery_tag)
         stats = self.stats
         stats.consumed += 1
-        if method.redelivered:
+        if delivery.redelivered:
             stats.redelivered += 1
         if self._pool is not None:
-            self._batch.append((tag, method, properties, body))
-            if len(self._batch) >= self._batch_limit:
-                self._submit_batch()
+            self._batch.append((delivery, body))
             return
-        self._emit(tag, self._window, method, properties, body,
-                   self._transform(body, properties.content_type, properties.content_encoding))
+        self._emit(window, delivery, body,
+                   self._transform(body, delivery.content_type, delivery.content_encoding))
 
     def _submit_batch(self) -> None:
         batch, self._batch = self._batch, []
         assert self._pool is not None
-        batch_id = self._pool.submit([(body, props.content_type, props.content_encoding)
-                                      for _, _, props, body in batch])
+        batch_id = self._pool.submit([(body, delivery.content_type, delivery.content_encoding)
+                                      for delivery, body in batch])
         self._pending.append((batch_id, self._window, batch))
 
     def _collect(self, timeout: float = 0.0) -> None:
@@ -489,32 +501,32 @@ class Shovel:
             assert expected == batch_id, (expected, batch_id)
             if window is not self._window:
                 continue  # a channel that is gone: RabbitMQ redelivers these
-            for (tag, method, properties, body), outcome in zip(batch, outcomes, strict=True):
-                self._emit(tag, window, method, properties, body, outcome)
+            for (delivery, body), outcome in zip(batch, outcomes, strict=True):
+                self._emit(window, delivery, body, outcome)
         if pool.unknown_by_helper:
             self.stats.unmapped = pool.unknown_counts()
             pool.unknown_by_helper.clear()
 
-    def _emit(self, tag: int, window: AckWindow, method: Any, properties: Any, body: bytes,
-              outcome: Outcome) -> None:
+    def _emit(self, window: AckWindow, delivery: Delivery, body: bytes, outcome: Outcome) -> None:
         """Produce a record for ``outcome``, or a dead letter when it is a rejection."""
         message_id, key, value, headers = outcome
         if message_id is None:
-            self._dead_letter(tag, window, method, properties, body, RejectReason(key), value)
+            self._dead_letter(window, delivery, body, RejectReason(key), value)
             return
-        headers.append((HEADER_EXCHANGE, method.exchange))
-        headers.append((HEADER_ROUTING_KEY, method.routing_key))
+        headers.append((HEADER_EXCHANGE, delivery.exchange))
+        headers.append((HEADER_ROUTING_KEY, delivery.routing_key))
         headers.append((HEADER_MESSAGE_ID, message_id))
-        self._produce(_Out(self.topic, key, value, headers, tag, window, None,
-                           (body, method, properties)))
+        self._produce(_Out(self.topic, key, value, headers, delivery.delivery_tag, window, None,
+                           delivery, body))
 
-    def _dead_letter(self, tag: int, window: AckWindow, method: Any, properties: Any, body: bytes,
+    def _dead_letter(self, window: AckWindow, delivery: Delivery, body: bytes,
                      reason: RejectReason, detail: str, max_body: int = DLQ_MAX_BODY_BYTES) -> None:
         detail = mask_url_password(" ".join(detail.split()))[:1000]  # one line, no secrets
         letter = DeadLetter.from_delivery(
-            body, reason, detail, exchange=method.exchange or "", routing_key=method.routing_key or "",
-            properties=_amqp_properties(properties), redelivered=bool(method.redelivered),
-            max_body_bytes=max_body)
+            body, reason, detail, exchange=delivery.exchange or "",
+            routing_key=delivery.routing_key or "",
+            properties=_amqp_properties(delivery.properties),
+            redelivered=bool(delivery.redelivered), max_body_bytes=max_body)
         try:
             value = self.serde.encode(letter, self.dlq_topic)
             headers = self.serde.headers_for(letter)
@@ -525,19 +537,19 @@ class Shovel:
             log.error("shovel.dead_letter_encode_failed", extra={"error": str(exc)})
             letter = DeadLetter.from_delivery(
                 body, reason, f"{detail} (properties dropped: {type(exc).__name__})",
-                exchange=method.exchange or "", routing_key=method.routing_key or "",
-                redelivered=bool(method.redelivered), max_body_bytes=max_body)
+                exchange=delivery.exchange or "", routing_key=delivery.routing_key or "",
+                redelivered=bool(delivery.redelivered), max_body_bytes=max_body)
             value = self.serde.encode(letter, self.dlq_topic)
             headers = self.serde.headers_for(letter)
-        headers.append((HEADER_EXCHANGE, method.exchange or ""))
-        headers.append((HEADER_ROUTING_KEY, method.routing_key or ""))
+        headers.append((HEADER_EXCHANGE, delivery.exchange or ""))
+        headers.append((HEADER_ROUTING_KEY, delivery.routing_key or ""))
         headers.append((HEADER_REASON, reason.value))
         found = _MESSAGE_ID_IN_RAW.search(body, 0, 8192)
         if found:
             headers.append((HEADER_MESSAGE_ID, found.group(1)))
-        self._log_dead_letter(reason, detail, method, len(body))
-        self._produce(_Out(self.dlq_topic, None, value, headers, tag, window, reason.value,
-                           (body, method, properties), final=max_body == 0))
+        self._log_dead_letter(reason, detail, delivery, len(body))
+        self._produce(_Out(self.dlq_topic, None, value, headers, delivery.delivery_tag, window,
+                           reason.value, delivery, body, final=max_body == 0))
 
     def _produce(self, out: _Out, attempt: int = 0) -> None:
         """Hand ``out`` to librdkafka; its delivery report confirms the tag or schedules a retry."""
@@ -585,19 +597,16 @@ class Shovel:
     def _too_large(self, out: _Out, error: KafkaError) -> None:
         """Kafka will never take this record: a notification becomes a dead letter; a dead
         letter is re-sent with less of its body."""
-        body, method, properties = out.delivery
         if out.reason is None:
-            self._dead_letter(out.tag, out.window, method, properties, body, RejectReason.TOO_LARGE,
+            self._dead_letter(out.window, out.delivery, out.body, RejectReason.TOO_LARGE,
                               f"record of {len(out.value)} bytes refused by Kafka: {error.str()}")
         elif len(out.value) > 2 * DLQ_FALLBACK_BODY_BYTES:
-            self._dead_letter(out.tag, out.window, method, properties, body,
-                              RejectReason(out.reason),
+            self._dead_letter(out.window, out.delivery, out.body, RejectReason(out.reason),
                               f"dead letter refused by Kafka ({error.str()}); body truncated",
                               max_body=DLQ_FALLBACK_BODY_BYTES)
         else:
-            self._dead_letter(out.tag, out.window, method, properties, body,
-                              RejectReason(out.reason), "dead letter refused by Kafka; body dropped",
-                              max_body=0)
+            self._dead_letter(out.window, out.delivery, out.body, RejectReason(out.reason),
+                              "dead letter refused by Kafka; body dropped", max_body=0)
 
     def _delivery_failed(self, out: _Out, err: KafkaError, attempt: int) -> None:
         """Never ack: retry with backoff (or dead-letter what Kafka can never take)."""
@@ -777,7 +786,8 @@ class Shovel:
 
     # ------------------------------------------------------------------ logs
 
-    def _log_dead_letter(self, reason: RejectReason, detail: str, method: Any, size: int) -> None:
+    def _log_dead_letter(self, reason: RejectReason, detail: str, delivery: Delivery,
+                         size: int) -> None:
         now = time.monotonic()
         if now - self._dl_log_window_start > 60:
             if self._dl_suppressed:
@@ -788,8 +798,8 @@ class Shovel:
         if self._dl_logged < 20:
             self._dl_logged += 1
             log.warning("shovel.dead_letter", extra={
-                "reason": reason.value, "detail": detail, "exchange": method.exchange,
-                "routing_key": method.routing_key, "body_length": size})
+                "reason": reason.value, "detail": detail, "exchange": delivery.exchange,
+                "routing_key": delivery.routing_key, "body_length": size})
         else:
             self._dl_suppressed += 1
 

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         logging.CRITICAL if quiet else logging.DEBUG)
     log = logging.getLogger("trovemeter.shovel")
 
+    from connectors.gc_tuning import settle_after_startup
     from connectors.metrics import MetricsServer, make_registry
     from connectors.shovel import Shovel, ShovelConfigError
 
@@ -113,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
         "dlq_topic": args.dlq_topic, "metrics": f"http://{server.host}:{server.port}/metrics",
         "parse_workers": max(0, args.parse_workers),
         "wire_format": "confluent" if settings.schema_registry_url else "single-object"})
+    settle_after_startup()
     try:
         return shovel.run()
     except ShovelConfigError as exc:

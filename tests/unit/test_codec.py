@@ -183,6 +183,15 @@ def test_the_direct_reader_reads_memoryviews_and_ignores_trailing_bytes():
     assert decode(memoryview(encoded + b"\x00junk")) == NOTIFICATION
 
 
+def test_the_fields_encoder_refuses_a_wrong_number_of_values():
+    encode_fields = codec_module.default_codec().fields_encoder(Notification)
+    values = dataclasses.astuple(NOTIFICATION)
+    assert encode_fields(values) == encode(NOTIFICATION)
+    for wrong in (values[:-1], (*values, "extra")):
+        with pytest.raises(CodecError, match="values for"):
+            encode_fields(wrong)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_single_object_header_is_marker_plus_crc64_of_canonical_form(name):
     entry = entry_named(name)
@@ -225,6 +234,12 @@ def test_the_fixture_payload_travels_as_json_text():
                           "INFO", datetime(2026, 1, 1, tzinfo=UTC), payload={"name": "ü-数据"})
     datum = entry_named("trovemeter.Notification").to_avro(record)
     assert json.loads(datum["payload"]) == {"name": "ü-数据"} and datum["context"] == "{}"
+
+
+@pytest.mark.parametrize("payload", [{1: "one", "b": {2.5: None}}, {"n": 2**70, "s": "x"}])
+def test_json_texts_the_fast_path_cannot_write_take_fastavros_bytes(payload):
+    record = dataclasses.replace(NOTIFICATION, payload=payload)
+    assert encode(record) == fastavro_bytes(entry_named("trovemeter.Notification"), record)
 
 
 def test_payload_with_integers_beyond_64_bits_still_encodes():
