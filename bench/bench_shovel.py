@@ -390,7 +390,8 @@ def summarise(rounds: list[dict[str, Any]], args: argparse.Namespace) -> dict[st
 
 
 def print_round(r: dict[str, Any], n: int) -> None:
-    print(f"round {r['round']} ({r['first']} first): bare {r['bare']['rate']:,.0f}/s shovel {r['shovel']['rate']:,.0f}/s "
+    print(f"round {r['round']} ({r['first']} first): bare {r['bare']['rate']:,.0f}/s "
+          f"shovel {r['shovel']['rate']:,.0f}/s "
           f"ratio {r['ratio']:.2f}  cpu us/msg bare {r['bare']['cpu_us_per_msg']} "
           f"shovel {r['shovel']['cpu_us_per_msg']}", file=sys.stderr)
 
