@@ -124,7 +124,7 @@ BENCHMARKS: list[Bench] = [
     Bench("codec", "bench.bench_codec", ["--seconds", "2", "--repeats", "5", "--output", "/dev/null"],
           ["--seconds", "0.3", "--repeats", "2", "--output", "/dev/null"], 240,
           [("codec", "parse+normalise+encode per core", None)], _codec_rows),
-    Bench("shovel", "bench.bench_shovel", ["--messages", "100000", "--rounds", "3"],
+    Bench("shovel", "bench.bench_shovel", ["--messages", "100000", "--rounds", "4"],
           ["--messages", "10000", "--rounds", "1"], 600,
           [("shovel", "RabbitMQ->Kafka msgs/s (ack after confirm, Avro)",
             ">= 20,000/s and >= 0.7x bare")], _shovel_rows),

@@ -319,6 +319,14 @@ def _long_bytes(n: int) -> bytes:
     if not _LONG_MIN <= n <= _LONG_MAX:
         raise OverflowError(f"{n} does not fit an Avro long")
     n = (n << 1) ^ (n >> 63)
+    # The two lengths most records write in one expression each (a third of the loop's cost):
+    # two bytes for string lengths 64..8191, eight for timestamps in micros (years 1987..6535).
+    if n < 0x4000:
+        return bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7))
+    if 1 << 49 <= n < 1 << 56:
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80,
+                      n >> 21 & 0x7F | 0x80, n >> 28 & 0x7F | 0x80, n >> 35 & 0x7F | 0x80,
+                      n >> 42 & 0x7F | 0x80, n >> 49))
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -469,18 +477,32 @@ def _direct_writer(parsed: dict[str, Any],
         if writer is None:
             return None
         writers.append(writer)
-    name, count = parsed["name"], len(writers)
-    call = operator.call
+    return _compiled_writer(parsed["name"], writers)
 
-    def write_fields(values: Sequence[Any]) -> bytes:
-        if len(values) != count:
-            raise CodecError(f"cannot encode {name}: {len(values)} values for {count} fields")
-        try:
-            return b"".join(map(call, writers, values))  # each writer on its value, in C
-        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
-            raise CodecError(f"cannot encode {name}: {exc}") from exc
 
-    return write_fields
+def _compiled_writer(name: str, writers: list[_FieldWriter]) -> Callable[[Sequence[Any]], bytes]:
+    """``write_fields`` for ``writers`` as one function with a call per field written out
+    (``w0(v0), w1(v1), ...``): ~0.7 us a Notification less than ``map(operator.call, ...)``
+    over them, which this writer runs for every record of the shovel and the worker."""
+    count = len(writers)
+    values = "".join(f"v{index}, " for index in range(count))
+    calls = "".join(f"w{index}(v{index}), " for index in range(count))
+    source = (
+        "def write_fields(values):\n"
+        "    if len(values) != count:\n"
+        "        raise CodecError(\n"
+        "            f'cannot encode {name}: {len(values)} values for {count} fields')\n"
+        f"    ({values}) = values\n"
+        "    try:\n"
+        f"        return b''.join(({calls}))\n"
+        "    except (ValueError, TypeError, OverflowError, UnicodeError) as exc:\n"
+        "        raise CodecError(f'cannot encode {name}: {exc}') from exc\n")
+    scope: dict[str, Any] = {"CodecError": CodecError, "name": name, "count": count,
+                             **{f"w{index}": writer for index, writer in enumerate(writers)}}
+    # The source holds only identifiers made here (v0, w0, ...); the schema name and the
+    # writers come in through the scope.
+    exec(compile(source, f"<direct writer for {name}>", "exec"), scope)  # noqa: S102
+    return scope["write_fields"]
 
 
 def _field_getter(model: type) -> Callable[[Any], Sequence[Any]]:

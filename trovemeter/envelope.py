@@ -10,6 +10,7 @@ guessed: a body in another encoding, or compressed, is rejected.
 from __future__ import annotations
 
 import functools
+import operator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ _COMPRESSED_MAGIC = (b"\x1f\x8b", b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\
                      b"\x28\xb5\x2f\xfd", b"BZh", b"\x04\x22\x4d\x18")
 _REQUIRED_STRINGS = ("message_id", "publisher_id", "event_type", "priority", "timestamp")
 _REQUIRED_FIELDS = (*_REQUIRED_STRINGS, "payload")
+_required_values = operator.itemgetter(*_REQUIRED_FIELDS)
 _PREFIX_LENGTH = len(CONTEXT_PREFIX)
 # Top-level key layout of a message -> (key, key without prefix) of its non-secret context keys.
 _CONTEXT_LAYOUTS: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
@@ -130,22 +132,30 @@ def _decode(body: bytes, max_bytes: int, content_type: str | None,
 
 
 def _check_transport(body: bytes, content_type: str | None, content_encoding: str | None) -> None:
-    if content_encoding and content_encoding.strip().lower() not in _UTF8_NAMES:
-        raise BadNotification(RejectReason.CONTENT_ENCODING,
-                              f"content encoding {content_encoding!r} is not utf-8")
-    if content_type:
-        media_type, _, params = content_type.partition(";")
-        if "json" not in media_type.lower():
-            raise BadNotification(RejectReason.CONTENT_TYPE,
-                                  f"content type {content_type!r} is not JSON")
-        charset = params.strip().lower().removeprefix("charset=").strip('"')
-        if params.strip() and charset not in _UTF8_NAMES:
-            raise BadNotification(RejectReason.CONTENT_ENCODING,
-                                  f"content type {content_type!r} is not utf-8")
+    problem = _properties_problem(content_type, content_encoding)
+    if problem is not None:
+        raise BadNotification(*problem)
     if body.startswith(_COMPRESSED_MAGIC):
         raise BadNotification(
             RejectReason.CONTENT_ENCODING,
             f"body is compressed (starts with {body[:4].hex(' ')}), not JSON text")
+
+
+# A publisher sends the same two properties with every message: each pair is judged once.
+@functools.lru_cache(maxsize=64)
+def _properties_problem(content_type: str | None,
+                        content_encoding: str | None) -> tuple[RejectReason, str] | None:
+    """(reason, detail) when the AMQP content type or encoding rules the body out, else None."""
+    if content_encoding and content_encoding.strip().lower() not in _UTF8_NAMES:
+        return RejectReason.CONTENT_ENCODING, f"content encoding {content_encoding!r} is not utf-8"
+    if content_type:
+        media_type, _, params = content_type.partition(";")
+        if "json" not in media_type.lower():
+            return RejectReason.CONTENT_TYPE, f"content type {content_type!r} is not JSON"
+        charset = params.strip().lower().removeprefix("charset=").strip('"')
+        if params.strip() and charset not in _UTF8_NAMES:
+            return RejectReason.CONTENT_ENCODING, f"content type {content_type!r} is not utf-8"
+    return None
 
 
 def _loads(data: bytes | str, what: str, reason: RejectReason) -> Any:
@@ -194,19 +204,24 @@ def _unwrap_envelope(envelope: dict[str, Any]) -> dict[str, Any]:
 
 
 def _validate(message: dict[str, Any]) -> tuple[Any, ...]:
-    for key in _REQUIRED_FIELDS:
-        if key not in message:
-            raise BadNotification(RejectReason.MISSING_FIELD, f"message has no {key}")
-    for key in _REQUIRED_STRINGS:
-        if not isinstance(message[key], str):
-            raise BadNotification(RejectReason.WRONG_TYPE,
-                                  f"{key} is a JSON {_json_kind(message[key])}, not a string")
-    if not message["event_type"]:
+    try:
+        message_id, publisher_id, event_type, priority, timestamp, payload = \
+            _required_values(message)
+    except KeyError:
+        missing = next(key for key in _REQUIRED_FIELDS if key not in message)
+        raise BadNotification(RejectReason.MISSING_FIELD, f"message has no {missing}") from None
+    # One test for the common case; the first wrong one is named in _REQUIRED_STRINGS order.
+    if not (type(message_id) is str and type(publisher_id) is str and type(event_type) is str
+            and type(priority) is str and type(timestamp) is str):
+        for key in _REQUIRED_STRINGS:
+            if not isinstance(message[key], str):
+                raise BadNotification(RejectReason.WRONG_TYPE,
+                                      f"{key} is a JSON {_json_kind(message[key])}, not a string")
+    if not event_type:
         raise BadNotification(RejectReason.WRONG_TYPE, "event_type is empty")
-    if not message["message_id"].strip():
+    if not message_id.strip():
         # Consumers drop repeats by message_id: every empty id would count as one notification.
         raise BadNotification(RejectReason.WRONG_TYPE, "message_id is empty")
-    payload = message["payload"]
     if not isinstance(payload, dict):
         raise BadNotification(RejectReason.WRONG_TYPE,
                               f"payload is a JSON {_json_kind(payload)}, not an object")
@@ -217,8 +232,8 @@ def _validate(message: dict[str, Any]) -> tuple[Any, ...]:
     except TooDeep:
         raise BadNotification(RejectReason.TOO_DEEP,
                               f"message nests deeper than {MAX_NESTING} levels") from None
-    return (message["message_id"], message["publisher_id"], message["event_type"],
-            message["priority"].upper(), parse_timestamp(message["timestamp"]), payload, context)
+    return (message_id, publisher_id, event_type, priority.upper(), parse_timestamp(timestamp),
+            payload, context)
 
 
 def _context_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +258,8 @@ def parse_timestamp(text: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(text)
         if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=UTC)
+            # replace(tzinfo=UTC), which costs ~0.7 us a call here (its keyword parsing)
+            return datetime.combine(parsed.date(), parsed.time(), UTC)
         return parsed.astimezone(UTC)
     except (ValueError, OverflowError):
         raise BadNotification(RejectReason.BAD_TIMESTAMP,

@@ -359,3 +359,17 @@ def test_serde_for_settings_picks_the_wire_format():
     assert serde_for(CommonSettings()) is default_codec()
     registry = serde_for(CommonSettings(schema_registry_url="mock://serde-for"))
     assert type(registry).__name__ == "ConfluentCodec"
+
+
+# Around each varint length the direct writer special-cases (1, 2 and 8 bytes) and beyond.
+_LONG_BOUNDS = [sign * bound + delta for bound in (0, 1 << 6, 1 << 13, 1 << 48, 1 << 55, 1 << 62)
+                for sign in (1, -1) for delta in (-1, 0, 1)]
+
+
+@given(st.one_of(st.sampled_from(_LONG_BOUNDS + [-(1 << 63), (1 << 63) - 1]),
+                 st.integers(min_value=-(1 << 63), max_value=(1 << 63) - 1)))
+def test_long_varints_match_fastavro(n: int) -> None:
+    # The direct writer writes the common varint lengths without its loop: same bytes.
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "long", n)
+    assert codec_module._long_bytes(n) == out.getvalue()

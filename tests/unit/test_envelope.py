@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from trovemeter.envelope import decode_message, parse_body, parse_timestamp
 from trovemeter.model import Notification, Phase, ResourceType
@@ -146,6 +148,16 @@ def test_decode_message_exposes_the_validated_oslo_message():
 def test_timestamps_become_aware_utc(text, expected):
     parsed = parse_timestamp(text)
     assert parsed == expected and parsed.tzinfo is UTC
+
+
+@given(st.datetimes(), st.sampled_from([" ", "T"]),
+       st.sampled_from(["auto", "hours", "minutes", "seconds", "microseconds"]))
+def test_naive_timestamps_are_the_same_time_in_utc(moment, sep, timespec):
+    # parse_timestamp attaches UTC without datetime.replace (slow): same fields, fold and zone.
+    text = moment.isoformat(sep, timespec)
+    naive = datetime.fromisoformat(text)
+    parsed = parse_timestamp(text)
+    assert (parsed, parsed.fold, parsed.tzinfo) == (naive.replace(tzinfo=UTC), naive.fold, UTC)
 
 
 def test_kafka_key_is_resource_id_else_request_id():
