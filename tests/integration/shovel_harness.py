@@ -262,7 +262,9 @@ class ShovelProcess:
 
     def get(self, path: str) -> tuple[int, bytes]:
         try:
-            with urllib.request.urlopen(self.url(path), timeout=5) as response:
+            # 15 s, not 5: on this shared 2-core machine at load 12+ a busy shovel's HTTP thread
+            # was seen to answer after more than 5 s; these tests check content, not latency.
+            with urllib.request.urlopen(self.url(path), timeout=15) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
