@@ -100,9 +100,14 @@ class ReadProgress:
         self._read_through: dict[int, datetime] = {}
         self._offsets: dict[int, int] = {}  # partition -> last offset read
         self._marks: dict[int, list[tuple[int, datetime | None]]] = {}  # oldest first
+        self._log_ends: dict[int, int] = {}  # the broker's log end at the last tick
 
     def last_offset(self, partition: int) -> int | None:
         return self._offsets.get(partition)
+
+    def log_end(self, partition: int) -> int | None:
+        """The partition's log end as the broker gave it for the last tick (None: unknown)."""
+        return self._log_ends.get(partition)
 
     def read(self, partition: int, offset: int, moment: datetime | None) -> None:
         self._offsets[partition] = offset
@@ -130,6 +135,10 @@ class ReadProgress:
                     del marks[:vouched[-1]]  # older marks are superseded
                     read_through = marks[0][1]
             end = log_end(partition)
+            if end is None:
+                self._log_ends.pop(partition, None)
+            else:
+                self._log_ends[partition] = end
             position = done + 1 if done is not None else committed(partition) or 0
             reports.append(SourceProgress(partition, read_through,
                                           end is not None and position >= end))
@@ -140,6 +149,7 @@ class ReadProgress:
             self._read_through.pop(partition, None)
             self._offsets.pop(partition, None)
             self._marks.pop(partition, None)
+            self._log_ends.pop(partition, None)
 
 
 source_clock = EventClock(timedelta(seconds=settings.pairing_max_clock_skew_seconds))

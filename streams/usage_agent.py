@@ -49,9 +49,10 @@ calls ``on_tick(partition, event_time)`` for every tick it receives (``streams/p
 every ``tick_interval_seconds`` each worker sends every pairing partition its progress on the
 source partitions, and the pairing partition's event time is their low watermark; the same
 worker owns partition *p* of the pairing and the source topic). A tick moves the watermark only
-of a source partition that is **idle**: no event for ``usage_idle_partition_seconds`` and, when
-the consumer knows it, nothing left to read (the last offset processed here + 1 >= the
-partition's high watermark). A partition that is merely behind -- a worker catching up, a
+of a source partition that is **idle**: no event for ``usage_idle_partition_seconds`` and
+nothing left to read (the last offset processed here + 1 >= the partition's log end as the
+broker gave it when the tick was sent; the consumer's highwater when that is unknown). A
+partition that is merely behind -- a worker catching up, a
 replay, Kafka handing out another partition's backlog first -- closes its hours with its own
 events, never with the event time of faster partitions: otherwise its events would arrive
 "late" and become corrections, or, beyond the correction retention, be dropped. A tick that
@@ -202,6 +203,13 @@ class UsageMeter:
         offset = read_progress.last_offset(partition)
         if offset is None:
             return True
+        # The log end the broker gave for the tick being handled; the consumer's highwater is
+        # the end known at the partition's last fetch, seconds stale under another partition's
+        # backlog, and a partition that looks read to the end by it would be closed by the
+        # other partitions' event time while its own events wait unread (they would arrive late).
+        end = read_progress.log_end(partition)
+        if end is not None:
+            return offset + 1 >= end
         consumer = getattr(app, "_consumer", None)  # not ``app.consumer``: that creates one
         if consumer is None:
             return True

@@ -25,7 +25,7 @@ from streams.agents import count_errors, notifications, pairing
 from streams.app import app, settings
 from streams.outbox import Outbox, OutboxError
 from streams.pairing_agent import RECORD_ID_HEADER, forwarder, policy, recent, shell
-from streams.resource_agent import ReadProgress, resource_state, source_clock
+from streams.resource_agent import ReadProgress, read_progress, resource_state, source_clock
 from streams.tables import STAGED_TABLES, error_counts, open_operations, outbox, resources
 from streams.topics import (
     PAIRING_TOPIC,
@@ -155,6 +155,7 @@ def fresh_worker() -> FakeProducer:
     recent.forget()
     resource_state.forget_index()
     forwarder.owned = set()
+    read_progress.forget(range(settings.topic_partitions))
     source_clock.now = None
     return fake
 

@@ -21,6 +21,7 @@ import pytest
 from streams import usage_web
 from streams.agents import usage
 from streams.app import settings
+from streams.resource_agent import read_progress
 from streams.tables import metering, outbox, usage_clock, usage_ledger
 from streams.usage_agent import dump_state, load_state, records_between
 from tests.unit.test_agents import (
@@ -265,6 +266,33 @@ def test_an_audit_without_a_create_is_reported_as_a_discrepancy(producer: FakePr
 
 
 # ------------------------------------------------------------------ ticks
+
+
+def test_a_tick_leaves_open_a_partition_with_records_the_broker_has_but_the_worker_has_not_read(
+        producer: FakeProducer) -> None:
+    """Idle means read to the log end the broker gave when the tick was sent, not to the end the
+    consumer knew at its last fetch (stale under another partition's backlog)."""
+    usage.idle_seconds = 0.0
+    run(lambda: feed_source(create_end("inst-q", 600), partition=2))
+    read = read_progress.last_offset(2)
+    assert read is not None
+
+    def tick_with_log_end(end: int) -> None:
+        owned = read_progress.owned
+        read_progress.owned = {2}
+        try:
+            read_progress.reports(lambda p: end, lambda p: None, lambda p: read)
+        finally:
+            read_progress.owned = owned
+        run(lambda: feed_pairing((2, tick_at(at(HOUR + 700)))))
+
+    tick_with_log_end(read + 5)  # four records past what the worker has read
+    assert producer.on(USAGE) == []
+    assert usage.wants_tick()
+
+    tick_with_log_end(read + 1)  # read to the end: the tick closes the hour
+    assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+    assert not usage.wants_tick()
 
 
 def test_a_tick_closes_the_hours_of_a_quiet_partition(producer: FakeProducer) -> None:
