@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.profile_worker import HashingProducer, partition_of  # noqa: E402
+from bench.profile_worker import offline_worker, partition_of  # noqa: E402
 
 PHASES = ("preload", "burst", "closing")
 
@@ -71,19 +71,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import streams.agents  # noqa: F401 - registers every source handler (usage metering too)
     from streams.app import settings
-    from streams.pairing_agent import forwarder
-    from streams.resource_agent import process, read_progress
+    from streams.resource_agent import process
     from streams.tables import outbox
-    from streams.topics import PAIRING_TOPIC, pack_batch
 
     partitions = settings.topic_partitions
-    producer = HashingProducer()
-    outbox.__init__(  # type: ignore[misc]
-        {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
-        forward_max_batch=settings.forward_max_batch, pack=pack_batch)
-    outbox.use_producer(producer)
-    forwarder.owned = set(range(partitions))
-    read_progress.owned = set(range(partitions))
+    producer = offline_worker()
     every = args.checkpoint_every
     offsets = [0] * partitions
 

@@ -113,6 +113,25 @@ def partition_of(key: bytes | None, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+def offline_worker() -> HashingProducer:
+    """The worker's outbox writing to a ``HashingProducer``, every pairing and source partition
+    owned (one worker: phased events are paired inline)."""
+    from streams.app import settings
+    from streams.pairing_agent import forwarder
+    from streams.resource_agent import read_progress
+    from streams.tables import outbox
+    from streams.topics import PAIRING_TOPIC, pack_batch
+
+    producer = HashingProducer()
+    outbox.__init__(  # type: ignore[misc]
+        {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
+        forward_max_batch=settings.forward_max_batch, pack=pack_batch)
+    outbox.use_producer(producer)
+    forwarder.owned = set(range(settings.topic_partitions))
+    read_progress.owned = set(range(settings.topic_partitions))
+    return producer
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
@@ -132,20 +151,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from streams.agents import notifications
     from streams.app import app, settings
-    from streams.pairing_agent import forwarder
-    from streams.resource_agent import process, read_progress
+    from streams.resource_agent import process
     from streams.tables import outbox
-    from streams.topics import PAIRING_TOPIC, pack_batch
 
     partitions = settings.topic_partitions
     placed = [(partition_of(key, partitions), key, value) for key, value in records]
-    producer = HashingProducer()
-    outbox.__init__(  # type: ignore[misc]
-        {}, pairing_topic=PAIRING_TOPIC, forward_linger_ms=settings.forward_linger_ms,
-        forward_max_batch=settings.forward_max_batch, pack=pack_batch)
-    outbox.use_producer(producer)
-    forwarder.owned = set(range(partitions))
-    read_progress.owned = set(range(partitions))
+    producer = offline_worker()
     every = args.checkpoint_every
 
     def run_handlers() -> None:
