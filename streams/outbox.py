@@ -48,6 +48,15 @@ How it works
   ``OutboxError`` is raised from the checkpoint, the worker stops, nothing past it was
   acknowledged, and a restart replays from the last commit.
 
+Two producers: the records on the operations' latency path (trove.operations, trove.errors and
+the forwards/ticks to the pairing topic) go through a producer with ``producer_linger_ms`` (2);
+the rest -- trove.resources, trove.usage, discrepancies and every changelog record, ~90% of the
+records -- through a second one with ``bulk_linger_ms`` (25). Per event, the broker then receives
+fewer, larger produce requests: measured with bench_pairing (100k events, one worker), the
+broker's CPU fell from ~55 to ~40 us per event and the worker's from ~170 to ~160 (one producer
+at 20 ms does better still, 29 and ~145, but adds its linger to every operation). The outbox's
+order of effects holds across both: an epoch's changes wait for its outputs on either producer.
+
 Rebalances: writes use explicit partitions (the partition of the event that caused them), not
 Faust's "current event", so a changelog record always goes to the partition its key belongs to.
 
@@ -100,10 +109,18 @@ class Outbox:
         pack: Callable[[list[bytes]], bytes] | None = None,
         producer_factory: Callable[[dict[str, Any]], Any] | None = None,
         flush_timeout: float = 60.0,
+        prompt_topics: frozenset[str] | None = None,
+        bulk_linger_ms: float | None = None,
     ) -> None:
         self._config = dict(config)
         self._factory = producer_factory
         self._producer: Any = None
+        # Records of ``prompt_topics`` (None: all) go through ``producer`` with the config's
+        # linger; the rest through a second producer lingering ``bulk_linger_ms``: see "Two
+        # producers" in the module doc.
+        self._prompt_topics = prompt_topics
+        self._bulk_linger_ms = bulk_linger_ms
+        self._bulk_producer: Any = None
         self.pairing_topic = pairing_topic
         self._forward_linger = forward_linger_ms / 1000.0
         self._forward_max = forward_max_batch
@@ -141,9 +158,31 @@ class Outbox:
             self._producer = self._factory(self._config)
         return self._producer
 
+    @property
+    def bulk_producer(self) -> Any:
+        if self._bulk_producer is None:
+            if self._prompt_topics is None or self._bulk_linger_ms is None or \
+                    self._bulk_linger_ms == self._config.get("linger.ms"):
+                self._bulk_producer = self.producer
+            else:
+                self.producer  # noqa: B018 - sets the default factory
+                assert self._factory is not None
+                config = {**self._config, "linger.ms": self._bulk_linger_ms,
+                          "client.id": f"{self._config.get('client.id', 'trovemeter')}-bulk"}
+                self._bulk_producer = self._factory(config)
+        return self._bulk_producer
+
+    def _producers(self) -> list[Any]:
+        """The producers created so far (one object when both lanes share it)."""
+        found = []
+        for producer in (self._producer, self._bulk_producer):
+            if producer is not None and all(producer is not p for p in found):
+                found.append(producer)
+        return found
+
     def use_producer(self, producer: Any) -> None:
-        """Replace the producer (unit tests: a fake that records what is produced)."""
-        self._producer = producer
+        """Replace the producers (unit tests: a fake that records what is produced)."""
+        self._producer = self._bulk_producer = producer
 
     def _callback(self, epoch: int) -> Callable[[Any, Any], None]:
         callback = self._callbacks.get(epoch)
@@ -160,7 +199,8 @@ class Outbox:
 
     def _produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int,
                  headers: Headers | None, on_delivery: Callable[[Any, Any], None] | None) -> None:
-        producer = self.producer
+        prompt = self._prompt_topics
+        producer = self.producer if prompt is None or topic in prompt else self.bulk_producer
         while True:
             try:
                 producer.produce(topic, value, key, partition=partition, headers=headers,
@@ -172,7 +212,8 @@ class Outbox:
         self._since_poll += 1
         if self._since_poll >= 256:
             self._since_poll = 0
-            producer.poll(0)
+            for each in self._producers():
+                each.poll(0)
 
     # ---------------------------------------------------------------- outputs
 
@@ -307,8 +348,8 @@ class Outbox:
     def drain(self) -> None:
         """Serve delivery reports and move closed epochs on as far as they already can; never
         waits (Faust's commit calls it: acknowledgements ready now make this commit)."""
-        if self._producer is not None:
-            self._producer.poll(0)
+        for producer in self._producers():
+            producer.poll(0)
         self._raise_failures()
         self._advance()
 
@@ -322,10 +363,10 @@ class Outbox:
         try:
             self.flush_forwards()
             self._close_epoch()
-            producer = self._producer
+            producers = self._producers()
             deadline = time.monotonic() + max_wait
             while True:
-                if producer is not None:
+                for producer in producers:
                     producer.poll(0)
                 self._raise_failures()
                 self._advance()
@@ -347,13 +388,12 @@ class Outbox:
         started = time.perf_counter()
         self.flush_forwards()
         self._close_epoch()
-        producer = self.producer
-        self._flush(producer)
+        self._flush()
         self._raise_failures()
         for closed in self._closed:
             if not closed.written:
                 self._write_changes(closed)
-        self._flush(producer)
+        self._flush()
         self._raise_failures()
         closed_epochs, self._closed = self._closed, []
         for closed in closed_epochs:
@@ -364,15 +404,15 @@ class Outbox:
         self.stats["sync_checkpoint_ms_total"] += blocked
         self.stats["sync_checkpoint_ms_max"] = max(self.stats["sync_checkpoint_ms_max"], blocked)
 
-    def _flush(self, producer: Any) -> None:
-        remaining = producer.flush(self._flush_timeout)
+    def _flush(self) -> None:
+        remaining = sum(producer.flush(self._flush_timeout) for producer in self._producers())
         if remaining:
             raise OutboxError(f"{remaining} record(s) still undelivered after "
                               f"{self._flush_timeout:.0f}s")
 
     def poll(self) -> None:
-        if self._producer is not None:
-            self._producer.poll(0)
+        for producer in self._producers():
+            producer.poll(0)
 
     def snapshot(self) -> dict[str, Any]:
         """Counters for the status view."""

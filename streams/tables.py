@@ -75,6 +75,8 @@ outbox = Outbox(
     forward_linger_ms=settings.forward_linger_ms,
     forward_max_batch=settings.forward_max_batch,
     pack=pack_batch,
+    prompt_topics=frozenset({settings.operations_topic, settings.errors_topic, PAIRING_TOPIC}),
+    bulk_linger_ms=settings.bulk_linger_ms,
 )
 
 

@@ -163,7 +163,14 @@ class WorkerSettings(CommonSettings):
         "collected for at most this long"
     )
     forward_max_batch: int = Field(500, ge=1, description="Notifications per forwarded batch")
-    producer_linger_ms: float = Field(2, ge=0, description="librdkafka linger.ms of the outputs")
+    producer_linger_ms: float = Field(
+        2, ge=0, description="librdkafka linger.ms of trove.operations, trove.errors and the "
+        "forwards to the pairing topic (the operations' latency path)"
+    )
+    bulk_linger_ms: float = Field(
+        25, ge=0, description="librdkafka linger.ms of trove.resources, trove.usage, "
+        "trove.usage.discrepancies and the changelogs (fewer, larger requests)"
+    )
     checkpoint_interval_seconds: float = Field(
         0.5, gt=0, description="How often table changes are written to their changelogs "
         "(after the outputs they caused are confirmed); also done before every offset commit"

@@ -614,6 +614,44 @@ def test_a_failed_delivery_stops_the_checkpoint() -> None:
     assert fake.on(table.changelog_topic_name) == []  # state not written past a lost output
 
 
+def test_prompt_topics_and_the_rest_go_through_two_producers_with_their_own_linger() -> None:
+    made: list[tuple[dict[str, Any], FakeProducer]] = []
+
+    def factory(config: dict[str, Any]) -> FakeProducer:
+        made.append((config, FakeProducer(hold=True)))
+        return made[-1][1]
+
+    box = Outbox({"linger.ms": 2, "client.id": "w"}, pairing_topic="p", producer_factory=factory,
+                 prompt_topics=frozenset({"ops"}), bulk_linger_ms=25)
+    table, acked = _Table(), []
+    box.processed(_Event("e", acked))
+    box.emit("ops", b"operation", "k")
+    box.emit("res", b"resource", "k")
+    box.stage(table, 0, "key", {"v": 1})
+    [(prompt_config, prompt), (bulk_config, bulk)] = made
+    assert (prompt_config["linger.ms"], bulk_config["linger.ms"]) == (2, 25)
+    assert bulk_config["client.id"] == "w-bulk"
+    assert [r.value for r in prompt.records] == [b"operation"]
+    assert [r.value for r in bulk.records] == [b"resource"]
+
+    async def scenario() -> None:
+        bulk.hold = False
+        await box.checkpoint(max_wait=0.05)
+        # The bulk lane's output is confirmed, the prompt lane's is not: nothing written yet.
+        assert bulk.on(table.changelog_topic_name) == [] and acked == []
+        prompt.hold = False
+        await box.checkpoint(max_wait=0.05)
+        assert len(bulk.on(table.changelog_topic_name)) == 1 and acked == ["e"]
+
+    asyncio.run(scenario())
+    made.clear()
+    one = Outbox({"linger.ms": 5}, pairing_topic="p", prompt_topics=frozenset({"ops"}),
+                 bulk_linger_ms=5, producer_factory=factory)
+    one.emit("ops", b"a")
+    one.emit("res", b"b")
+    assert len(made) == 1 and len(made[0][1].records) == 2  # equal lingers: one producer
+
+
 def test_forwards_are_batched_per_partition() -> None:
     fake = FakeProducer()
     box = Outbox({}, pairing_topic="pairing", forward_max_batch=3, pack=pack_batch,
