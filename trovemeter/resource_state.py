@@ -18,9 +18,9 @@ and the state must not depend on it. So:
 - created_at, launched_at and deleted_at keep the earliest report;
 - last_event_* describe the newest event (ties broken by message id) other than the hourly
   ``trove.instance.exists`` audits; a resource known only from audits has the newest audit as
-  its last event. Otherwise every audit would be a new row on trove.resources (and a changelog
-  record) though it only confirms what the row says: at 100k instances, 100k records an hour.
-  The audit's reports of the attributes count as any other event's.
+  its last event. Otherwise every audit would be a new row on trove.resources though it only
+  confirms what the row says: at 100k instances, 100k records an hour. The audit's reports of
+  the attributes count as any other event's (so its report times still move).
 
 Which events say what:
 
