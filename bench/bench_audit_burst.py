@@ -11,9 +11,11 @@ instances are live at the horizon. Its messages are split:
    hourly audit -- ``settled`` (the default): each instance's ``trove.instance.create`` (its
    launch, flavor, volume size, tenant and owner: an instance created before the pairing
    retention, whose create start and end left nothing behind in the worker but what this
-   message gives too); ``created``: its create start and end as well (3 per instance: the
-   create's pairing tombstone is held for the retention, 1 h); ``lifecycle``: the flavor and
-   volume resizes too, with their ``trove.instance.modify_*`` (~5 per instance; every
+   message gives too) and the ``trove.instance.modify_flavor``/``modify_volume`` of its
+   resizes (~1.5 messages per instance: without them a resized instance keeps its create's
+   flavor, and its audit is reported as a flavor mismatch); ``created``: its create start and
+   end as well (the create's pairing tombstone is held for the retention, 1 h);
+   ``lifecycle``: the resizes' starts and ends too (~5 per instance; every
    instance of the scenario was created within the hour, and ~43% resized: the worst case,
    ~250-420 s of preload at 100k). Restarts, reboots, unknown events and the
    instances deleted within the hour are left out, so the worker holds exactly N live
@@ -86,14 +88,15 @@ _REQUEST_ID = re.compile(rb'request_id\\?": \\?"(req-[0-9a-f-]{36})')
 _CREATE_EVENTS = frozenset({
     "dbaas.instance_create.start", "dbaas.instance_create.end", "trove.instance.create"})
 # --preload: which of a live instance's messages shape the worker's state before the burst.
+# Trove's usage notifications of a resize (point events: nothing to pair). Without them a
+# resized instance's state keeps its create's flavor, and its audit is a flavor mismatch.
+_MODIFY_EVENTS = frozenset({"trove.instance.modify_flavor", "trove.instance.modify_volume"})
 PRELOAD_EVENTS = {
-    "settled": frozenset({"trove.instance.create"}),
-    "created": _CREATE_EVENTS,
-    "lifecycle": _CREATE_EVENTS | {
+    "settled": frozenset({"trove.instance.create"}) | _MODIFY_EVENTS,
+    "created": _CREATE_EVENTS | _MODIFY_EVENTS,
+    "lifecycle": _CREATE_EVENTS | _MODIFY_EVENTS | {
         "dbaas.instance_resize_instance.start", "dbaas.instance_resize_instance.end",
-        "trove.instance.modify_flavor",
-        "dbaas.instance_resize_volume.start", "dbaas.instance_resize_volume.end",
-        "trove.instance.modify_volume"},
+        "dbaas.instance_resize_volume.start", "dbaas.instance_resize_volume.end"},
 }
 
 

@@ -174,7 +174,8 @@ class ResourceStateHandler:
             return
         resources.put(partition, rid, new)
         state = new.state
-        if old is None or state != old.state:
+        # ``apply`` keeps the state object when only report times moved (a confirming audit).
+        if old is None or (state is not old.state and state != old.state):
             outbox.emit(self.topic, encode(state), rid, headers=[RESOURCE_STATE_HEADER, APP_ID_HEADER])
         tenants = self._tenants
         if tenants is not None and state.tenant_id and (

@@ -593,18 +593,18 @@ def _window_usage(state: MeteredResource, window_start: int) -> dict[RecordKey, 
                     None, tuple(sorted({*lifecycle, *messages})))
         meter = VOLUME_GB_SECONDS if state.resource_type is ResourceType.INSTANCE \
             else BACKUP_GB_SECONDS
-        gb_seconds = Fraction(0)
+        gb_micros = Fraction(0)  # GB x microseconds: one division at the end, not per piece
         last_size: str | None = None
         size_messages = set(lifecycle)
         for piece in _pieces(state.sizes, *alive):
             if piece.value is not None and piece.message_id is not None:
-                gb_seconds += _size(piece.value) * Fraction(piece.to_us - piece.from_us,
-                                                             US_PER_SECOND)
+                gb_micros += _size(piece.value) * (piece.to_us - piece.from_us)
                 last_size = piece.value
                 size_messages.add(piece.message_id)
-        if gb_seconds:
+        if gb_micros:
             usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
-                gb_seconds, state.user_id, None, last_size, tuple(sorted(size_messages)))
+                gb_micros / US_PER_SECOND, state.user_id, None, last_size,
+                tuple(sorted(size_messages)))
     audited = [a for a in state.audits if a.window_start == window_start]
     if audited:
         micros = sum(a.end_us - a.begin_us for a in audited)

@@ -319,7 +319,7 @@ class ResourceState:
 
     resource_id: str
     resource_type: ResourceType
-    last_event_type: str  # of the newest notification about the resource (by occurred_at)
+    last_event_type: str  # of the newest notification but the exists audits (resource_state)
     last_event_at: datetime  # UTC, timezone-aware
     last_message_id: str
     tenant_id: str | None = None

@@ -42,15 +42,31 @@ def as_int(value: Any) -> int | None:
     return int(number) if number is not None and number.is_integer() else None
 
 
+# as_utc's recent results: resource state and usage metering read the same payload times of
+# each event, and the audit period's two times are the same in every audit of an hour (~1 us
+# a parse; 7 parses per exists audit, 3 of them distinct).
+_PARSED: dict[str, datetime | None] = {}
+_PARSED_MAX = 4096
+
+
 def as_utc(value: Any) -> datetime | None:
     """An ISO 8601 payload time as an aware UTC datetime; a time without a zone is UTC."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return _PARSED[value]
+    except KeyError:
+        pass
+    try:
+        moment: datetime | None = datetime.fromisoformat(value)
     except ValueError:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        moment = None
+    else:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if len(_PARSED) >= _PARSED_MAX:
+        _PARSED.clear()
+    _PARSED[value] = moment
+    return moment
 
 
 def datastore_of(payload: Mapping[str, Any]) -> tuple[str | None, str | None]:

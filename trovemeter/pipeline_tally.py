@@ -24,6 +24,7 @@ from trovemeter.model import (
     ResourceState,
     UsageRecord,
 )
+from trovemeter.resource_state import EXISTS_EVENT
 
 INSTANCE_SECONDS = "instance.seconds"
 VOLUME_GB_SECONDS = "volume.gb_seconds"
@@ -119,7 +120,7 @@ class PipelineTally:
                 self._recent_errors.append(record)
         elif isinstance(record, ResourceState):
             known = self.resources.get(record.resource_id)
-            if known is None or record.last_event_at >= known.last_event_at:
+            if known is None or _state_order(record) >= _state_order(known):
                 self.resources[record.resource_id] = record
         elif isinstance(record, UsageRecord):
             known_usage = self.usage.get(record.record_id)
@@ -242,6 +243,13 @@ class PipelineTally:
                          "tenants": len({e.tenant_id for e in members})})
         rows.sort(key=lambda r: (-r["count"], r["operation"], r["exception_class"]))
         return rows[: self._top_errors]
+
+
+def _state_order(state: ResourceState) -> tuple[bool, datetime]:
+    """Grows with each row of one resource: ``last_event_at`` does, but for the one step from
+    a row known only from exists audits to the first row with another event, which may be
+    older (resource_state: audits are the last event only while nothing else is known)."""
+    return state.last_event_type != EXISTS_EVENT, state.last_event_at
 
 
 def _error_row(error: OperationError) -> dict[str, Any]:

@@ -16,7 +16,11 @@ and the state must not depend on it. So:
   ``deleted``, however new the other events are (an exists audit may be stamped after the
   delete: it describes an earlier period);
 - created_at, launched_at and deleted_at keep the earliest report;
-- last_event_* describe the newest event (ties broken by message id).
+- last_event_* describe the newest event (ties broken by message id) other than the hourly
+  ``trove.instance.exists`` audits; a resource known only from audits has the newest audit as
+  its last event. Otherwise every audit would be a new row on trove.resources though it only
+  confirms what the row says: at 100k instances, 100k records an hour. The audit's reports of
+  the attributes count as any other event's (so its report times still move).
 
 Which events say what:
 
@@ -53,6 +57,7 @@ from trovemeter.payload_values import (
 )
 
 TRACKED_TYPES = frozenset({ResourceType.INSTANCE, ResourceType.CLUSTER, ResourceType.BACKUP})
+EXISTS_EVENT = "trove.instance.exists"  # Trove's hourly audit: see last_event_* above
 
 _S = ResourceStatus
 # operation -> (status while it runs, status once it ended)
@@ -221,7 +226,7 @@ def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource |
         if current is None or moment < current:
             changes[name] = moment
 
-    if state is None or (at, n.message_id) > (state.last_event_at, state.last_message_id):
+    if _is_last_event(state, n):
         changes.update(last_event_type=n.event_type, last_event_at=at, last_message_id=n.message_id)
 
     if not changes and not new_reported_at:
@@ -236,6 +241,17 @@ def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource |
     if new_state.status is _S.DELETED:
         merged.pop("status", None)  # never compared again; dropped so the entry is order-free
     return TrackedResource(new_state, merged)
+
+
+def _is_last_event(state: ResourceState | None, n: Notification) -> bool:
+    """Whether ``n`` becomes the state's last event: the newest of the non-audit events if
+    there is any, else the newest audit (a function of the set of events, as the rest)."""
+    if state is None:
+        return True
+    audit, audits_only = n.event_type == EXISTS_EVENT, state.last_event_type == EXISTS_EVENT
+    if audit != audits_only:
+        return not audit  # the first other event replaces the audits; audits never replace it
+    return (n.occurred_at, n.message_id) > (state.last_event_at, state.last_message_id)
 
 
 def _latest_reports(n: Notification) -> list[tuple[str, Any]]:

@@ -224,10 +224,12 @@ def test_one_worker_pairs_counts_and_tracks_state(kafka_bootstrap: str, unique_n
                                          "failed: No valid host was found.")
 
     states = [r for r in reader.on(topics.RESOURCES) if isinstance(r, ResourceState)]
-    latest = {s.resource_id: s for s in sorted(states, key=lambda s: s.last_event_at)}
-    # The audit (newest) reports the instance active with the resized flavor.
+    latest = {s.resource_id: s for s in states}  # the last written per key, as compaction keeps
+    # The audit (newest) reports the instance active with the resized flavor; an audit is not
+    # the last event of an instance that other notifications describe.
     assert latest[inst].status is ResourceStatus.ACTIVE
     assert latest[inst].flavor_id == "8" and latest[inst].volume_size_gb == 10
+    assert latest[inst].last_message_id == restart_start.message_id
     assert latest[backup].resource_type is ResourceType.BACKUP and latest[backup].size_gb == 2.5
 
     # --- the web views of this worker

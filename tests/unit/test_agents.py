@@ -238,19 +238,26 @@ def test_source_agent_keeps_resource_state_and_emits_changes(producer: FakeProdu
                payload={"flavor_id": "7", "volume_size": 10, "name": "db1"})
     audit = note(Phase.POINT, 3600, operation="exists", resource_id="inst-1",
                  payload={"instance_type_id": "7", "volume_size": 10, "state": "active"})
+    grown = note(Phase.POINT, 7200, operation="exists", resource_id="inst-1",
+                 payload={"instance_type_id": "7", "volume_size": 20, "state": "active"})
 
     run(lambda: feed_source(end, end, audit, partition=2))
 
     tracked = resources.get("inst-1")
     assert tracked is not None and tracked.state.status is ResourceStatus.ACTIVE
-    assert tracked.state.last_message_id == audit.message_id
+    assert tracked.state.last_message_id == end.message_id  # an audit is not the last event
+    assert tracked.reported_at["volume_size_gb"] == audit.occurred_at  # but its reports count
     assert resources.partition_of("inst-1") == 2
     out = producer.on(settings.resources_topic)
-    assert len(out) == 2  # the repeated end changed nothing
+    assert len(out) == 1  # neither the repeated end nor the confirming audit changed the row
+    run(lambda: feed_source(grown, partition=2))
+    out = producer.on(settings.resources_topic)
+    assert len(out) == 2  # an audit that reports something new does
     assert {r.key for r in out} == {b"inst-1"}
     assert all(headers(r)[SCHEMA_NAME_HEADER].endswith(b"ResourceState") for r in out)
     states = producer.decoded(settings.resources_topic)
     assert isinstance(states[-1], ResourceState) and states[-1].flavor_id == "7"
+    assert states[-1].volume_size_gb == 20 and states[-1].last_message_id == end.message_id
 
 
 def test_compact_tables_keep_their_changelog_bytes_and_read_older_forms(

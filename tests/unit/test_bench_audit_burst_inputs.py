@@ -7,10 +7,12 @@ from collections import Counter
 
 import pytest
 
-from bench.bench_audit_burst import PRELOAD_EVENTS, _build_inputs
+from bench.bench_audit_burst import PRELOAD_EVENTS, _build_inputs, shovel_records
 from connectors.shovel import HEADER_MESSAGE_ID, HEADER_ROUTING_KEY
+from trovemeter.accrual import AccrualPolicy, MeteredResource, advance, apply
 from trovemeter.codec import SCHEMA_NAME_HEADER, decode
 from trovemeter.model import Notification
+from trovemeter.topics import NOTIFICATIONS
 
 INSTANCES = 40
 
@@ -33,7 +35,34 @@ def test_preload_is_the_live_instances_messages_of_its_kind(inputs: tuple[str, d
                       if n.event_type == "trove.instance.create")
     assert set(created) == live and set(created.values()) == {1}
     if kind == "settled":
-        assert len(notifications) == INSTANCES
+        assert {n.event_type for n in notifications} - {"trove.instance.create"} <= {
+            "trove.instance.modify_flavor", "trove.instance.modify_volume"}
+
+
+def test_preload_agrees_with_the_audits(inputs: tuple[str, dict]) -> None:
+    """The live instances are healthy: what the preload tells the worker about each one (its
+    flavor above all: a resized instance's audit names the new one) matches its audit, so
+    verification finds no discrepancy."""
+    kind, built = inputs
+    notifications = [decode(value) for _, value, _, _ in built["preload"]]
+    notifications += [decode(value) for _, value, _, _ in shovel_records(
+        built["burst"] + built["closing"], NOTIFICATIONS)]
+    policy = AccrualPolicy()
+    states: dict[str, MeteredResource | None] = {}
+    watermark = None
+    found = []
+    for n in notifications:
+        watermark = n.occurred_at if watermark is None else max(watermark, n.occurred_at)
+        if n.resource_id in built["live"]:
+            step = apply(states.get(n.resource_id), n, watermark, policy)
+            states[n.resource_id] = step.state
+            found += step.discrepancies
+    for state in states.values():
+        assert state is not None
+        found += advance(state, watermark, policy).discrepancies
+    resized = sum(n.event_type == "trove.instance.modify_flavor" for n in notifications)
+    assert resized, "the scenario should resize some live instance (or this proves nothing)"
+    assert found == [], f"{kind}: {len(found)} discrepancies, e.g. {found[0]}"
 
 
 def test_preload_records_are_what_the_shovel_writes(inputs: tuple[str, dict]) -> None:

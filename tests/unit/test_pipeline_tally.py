@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from trovemeter.demo_view import LiveState, clip, progress_line, render_frame
@@ -92,6 +93,11 @@ def test_resources_keep_the_newest_state() -> None:
     tally = PipelineTally()
     tally.add_all([state(ResourceStatus.ACTIVE, 10), state(ResourceStatus.BUILDING, 5)])
     assert tally.snapshot()["resources"] == {"total": 1, "by_type": {"instance": {"active": 1}}}
+    # A resource known only from audits: the first row with another event wins, though older.
+    audited = replace(state(ResourceStatus.ACTIVE, 20), last_event_type="trove.instance.exists")
+    tally = PipelineTally()
+    tally.add_all([audited, state(ResourceStatus.DELETED, 15), audited])
+    assert tally.snapshot()["resources"] == {"total": 1, "by_type": {"instance": {"deleted": 1}}}
 
 
 def test_usage_keeps_the_highest_version_and_sums_per_flavor() -> None:

@@ -117,9 +117,9 @@ def test_lifecycle_in_order():
     assert tracked.state == ResourceState(
         resource_id=INSTANCE,
         resource_type=ResourceType.INSTANCE,
-        last_event_type="trove.instance.exists",
-        last_event_at=at(135),
-        last_message_id="exists-3",
+        last_event_type="trove.instance.delete",  # the audits stamped later do not count
+        last_event_at=at(131),
+        last_message_id="usage-delete",
         tenant_id="tenant-1",
         status=S.DELETED,
         flavor_id="3",
@@ -241,6 +241,30 @@ def test_a_newer_report_of_the_same_values_only_moves_the_report_time():
     assert again is not tracked
     assert again.state.flavor_id == tracked.state.flavor_id
     assert again.reported_at["flavor_id"] == at(61)
+
+
+def test_an_audit_confirming_the_state_leaves_the_row_as_it_is():
+    tracked = fold(LIFECYCLE[:4])
+    assert tracked.state.last_message_id == "usage-create"
+    again = apply(tracked, usage("exists-1b", "exists", "exists", 61, "active", SMALL, 2))
+    assert again.state is tracked.state  # the same row: nothing for trove.resources
+
+
+def test_audits_are_the_last_event_only_of_a_resource_known_from_nothing_else():
+    first = usage("exists-1", "exists", "exists", 60, "active", SMALL, 2)
+    newer = usage("exists-2", "exists", "exists", 120, "active", SMALL, 2)
+    only_audits = fold([newer, first])
+    assert (only_audits.state.last_event_type, only_audits.state.last_message_id) == (
+        "trove.instance.exists", "exists-2")
+    # Any other event replaces them, however old; a newer audit does not replace it.
+    with_create = fold([newer, by_id("create-end"), first])
+    assert with_create.state.last_message_id == "create-end"
+    assert with_create.state.last_event_at == at(4)
+    # ... while the audits' reports still count: the newest status, flavor, volume size.
+    resized = fold([by_id("create-end"), usage("exists-x", "exists", "exists", 60, "active",
+                                                MEDIUM, 5)])
+    assert (resized.state.flavor_id, resized.state.volume_size_gb) == ("3", 5)
+    assert resized.state.last_message_id == "create-end"
 
 
 def test_backup_life():
