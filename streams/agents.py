@@ -11,7 +11,8 @@ actors commits across gaps, faust-pitfalls #606/#312):
 
 Timers: ``send_ticks`` (this worker's progress on its source partitions to every pairing
 partition: their event time), ``checkpoint`` (staged table changes to their changelogs once the
-outputs they caused are confirmed).
+outputs they caused are confirmed). Task: ``sweep_in_slices`` (streams/usage_agent.py: a closed
+hour's sweep of a partition's keys, in slices between events).
 
 Lifecycle (the outbox's guarantees depend on these, see streams/outbox.py):
 
@@ -20,7 +21,8 @@ Lifecycle (the outbox's guarantees depend on these, see streams/outbox.py):
   when Faust stops the flow (revocation, shutdown) and waits for every event in flight, the
   commit hook makes everything durable at once (``CheckpointOnCommit``);
 - on partition revocation (Faust has waited for the agents to finish their current event):
-  ``checkpoint_sync()``, so the next owner recovers everything written here;
+  pending usage sweeps are dropped (swept again on first sight), then ``checkpoint_sync()``, so
+  the next owner recovers everything written here;
 - on assignment: the keys of partitions that really left are dropped from the local stores
   (Faust's rebalances are eager: every partition is "revoked" and most come straight back);
 - after recovery: each table learns its keys' partitions; the pairing deadlines are rebuilt;
@@ -99,6 +101,7 @@ _assignment: set[Any] = set()
 @app.on_partitions_revoked.connect
 async def _flush_before_revocation(sender: Any, revoked: set[Any], **kwargs: Any) -> None:
     forwarder.owned.clear()  # until the new assignment is known, every phased event is forwarded
+    usage.drop_sweeps({tp.partition for tp in revoked if tp.topic == settings.source_topic})
     outbox.checkpoint_sync()
 
 

@@ -32,10 +32,31 @@ Per notification
    deleted when ``step.state`` is None;
 3. the sweep: when ``floor_hour(watermark - allowed_lateness)`` moved, ``accrual.advance`` for
    every key of the partition, so that hours without events get their usage too; also the
-   first time this worker sees a partition (start-up, rebalance), which finishes a sweep that
-   a crash cut short. It runs inside the event, synchronously (~0.1-0.3 ms per key here, most
-   of it ``advance`` and the records' Avro encoding): the agent waits, Faust's consumer thread
-   keeps the group membership alive.
+   first time this worker sees a partition (start-up, rebalance, or a tick after either), which
+   finishes a sweep that a crash cut short.
+
+The sweep in slices
+-------------------
+A sweep costs ~0.1-0.3 ms per key here (most of it ``advance`` and the records' Avro encoding):
+run inside the event that closed the hour, every event behind it waited for the whole
+partition (bench_latency: hundreds of ms at every hour's close). In the worker the task
+``sweep_in_slices`` runs it instead, in slices of ``usage_sweep_slice_ms`` of work (at least one
+key), yielding to the event loop between slices, so events are handled in between, and the
+sweep goes on when no event comes. Without that task (unit tests, bench/profile_worker.py) the
+sweep runs to the end inside the event, as before.
+
+- Same records as the whole sweep first: an event for a key the pending sweep has not reached
+  yet advances that key to the sweep's watermark before ``apply`` (``_catch_up``). ``apply``
+  alone would fold the event's facts into the hours the sweep closes (one version), where the
+  sweep first emits them and the event then corrects them (two versions).
+  tests/unit/test_usage_agent.py checks that slicing changes no key's records.
+- An hour closing while a sweep is pending restarts it with the later watermark: keys not
+  reached yet go straight there (``advance`` over two hours gives what two calls give).
+- Checkpoints: a slice's writes are staged and emitted like an event's and join the current
+  epoch. An event is acknowledged before the sweep it started has finished, so after a crash
+  the partition's keys may be partly swept: the first sight of the partition sweeps it again.
+- Rebalances: a revoked partition's pending sweep is dropped and the partition counts as not
+  seen, so the first event or tick after the assignment sweeps it again.
 
 Writes to other keys than the event's during the sweep are safe because every write names its
 partition explicitly (``StagedTable.put(partition, ...)``, the outbox); Faust's own table
@@ -69,6 +90,7 @@ per-resource lines computed from the ``metering`` states this worker holds.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -138,6 +160,25 @@ def records_between(state: MeteredResource, start_us: int, end_us: int,
     return advance(probe, from_us(end_us + policy.lateness_us), policy).records
 
 
+class _Sweep:
+    """A partition's sweep in progress (see "The sweep in slices")."""
+
+    __slots__ = ("watermark", "keys", "since", "count", "work", "slices", "started")
+
+    def __init__(self, watermark: datetime, keys: Iterator[str], since: int | None,
+                 earlier: _Sweep | None) -> None:
+        self.watermark = watermark
+        self.keys = keys
+        # Hours before ``since`` were closed for every key when this sweep began (None: not
+        # known, a first sight). What an earlier sweep it replaces had done counts here too:
+        # one sweep, one log line.
+        self.since = since if earlier is None else earlier.since
+        self.count = 0 if earlier is None else earlier.count
+        self.work = 0.0 if earlier is None else earlier.work
+        self.slices = 0 if earlier is None else earlier.slices
+        self.started = time.monotonic() if earlier is None else earlier.started
+
+
 class UsageMeter:
     """Source handler: accrual per notification, the watermark and sweep of each partition."""
 
@@ -154,7 +195,10 @@ class UsageMeter:
         self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
         self._waiting: set[int] = set()  # partitions a tick found busy
         self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
+        self._pending: dict[int, _Sweep] = {}  # partition -> its sweep not finished yet
+        self._wake: asyncio.Event | None = None  # set by run_sweeps: sweep in slices
         self.stats: dict[str, int] = {"applied": 0, "sweeps": 0, "swept_keys": 0,
+                                      "sweep_slices": 0, "sweep_errors": 0, "caught_up": 0,
                                       "records": 0, "corrections": 0, "discrepancies": 0,
                                       "rejected": 0}
 
@@ -167,6 +211,8 @@ class UsageMeter:
                 n.phase not in _NO_FACTS or n.operation == "exists"):
             raw_state = metering.get(rid)
             state = None if raw_state is None else self._load(rid, raw_state)
+            if state is not None and partition in self._pending:
+                state = self._catch_up(partition, rid, state)
             try:
                 step = apply(state, n, from_us(watermark), self.policy)
             except ValueError as exc:  # e.g. one id used by an instance and a backup
@@ -182,7 +228,9 @@ class UsageMeter:
         """A pairing tick for pairing partition ``partition`` = source partition ``partition``."""
         moment = to_us(event_time)
         current = self._watermark(partition)
-        if current is not None and moment <= current:
+        # Not seen since a start-up or rebalance: an idle partition gets its first-sight sweep
+        # from a tick too (a sweep a crash cut short, with no event coming to start it again).
+        if current is not None and moment <= current and partition in self._swept:
             self._waiting.discard(partition)
             return
         if not self._idle(partition):
@@ -244,23 +292,89 @@ class UsageMeter:
         # First sight of the partition here (start-up, rebalance): sweep once, so that a sweep
         # cut short by a crash (states not all advanced) is finished.
         self._swept[partition] = closed
-        self.sweep(partition, from_us(watermark))
+        self.sweep(partition, from_us(watermark), since=swept)
 
-    def sweep(self, partition: int, watermark: datetime) -> None:
-        """``advance`` every key of ``partition`` to ``watermark``."""
-        t = time.monotonic()
-        count = 0
-        for key, raw in metering.local_items({partition}):
-            state = self._load(key, raw)
-            if state is None:
-                continue
-            self._commit(partition, key, state, advance(state, watermark, self.policy))
-            count += 1
+    def sweep(self, partition: int, watermark: datetime, since: int | None = None) -> None:
+        """``advance`` every key of ``partition`` to ``watermark``: in slices when
+        ``run_sweeps`` runs, else now (see "The sweep in slices")."""
+        earlier = self._pending.pop(partition, None)
+        job = _Sweep(watermark, self._keys_of(partition), since, earlier)
+        self._pending[partition] = job
+        if self._wake is None:
+            while partition in self._pending:
+                self._sweep_slice(float("inf"))
+        else:
+            self._wake.set()
+
+    def _keys_of(self, partition: int) -> Iterator[str]:
+        # A snapshot of the keys: a key added later was applied with a later watermark.
+        keys, partition_of = metering.keys(), metering.partition_of
+        return (key for key in keys if partition_of(key) == partition)
+
+    def _sweep_slice(self, seconds: float) -> None:
+        """Advance keys of the oldest pending sweep for ``seconds`` (at least one key); then
+        the next partition's sweep has its turn."""
+        partition, job = next(iter(self._pending.items()))
+        started = time.perf_counter()
+        deadline = started + seconds
+        done = True
+        for key in job.keys:
+            raw = metering.get(key)
+            state = None if raw is None else self._load(key, raw)
+            if state is not None:
+                try:
+                    self._commit(partition, key, state,
+                                 advance(state, job.watermark, self.policy))
+                except Exception:  # noqa: BLE001 - one bad state must not stop every sweep
+                    self.stats["sweep_errors"] += 1
+                    log.exception("usage: sweep of %s (partition %d) failed", key, partition)
+                job.count += 1
+            if time.perf_counter() >= deadline:
+                done = False
+                break
+        job.work += time.perf_counter() - started
+        job.slices += 1
+        self.stats["sweep_slices"] += 1
+        del self._pending[partition]
+        if not done:
+            self._pending[partition] = job  # to the back of the queue
+            return
         self.stats["sweeps"] += 1
-        self.stats["swept_keys"] += count
-        if count:
-            log.info("usage: partition %d swept to %s: %d keys in %.2fs", partition,
-                     watermark.isoformat(), count, time.monotonic() - t)
+        self.stats["swept_keys"] += job.count
+        if job.count:
+            log.info("usage: partition %d swept to %s: %d keys in %.2fs (%.1f ms of work in "
+                     "%d slices)", partition, job.watermark.isoformat(), job.count,
+                     time.monotonic() - job.started, job.work * 1000, job.slices)
+
+    def _catch_up(self, partition: int, key: str,
+                  state: MeteredResource) -> MeteredResource | None:
+        """``state`` advanced to the pending sweep's watermark, as if the sweep had reached
+        it before this event (a no-op for a key it has reached)."""
+        step = advance(state, self._pending[partition].watermark, self.policy)
+        if step.state is state:
+            return state
+        self.stats["caught_up"] += 1
+        self._commit(partition, key, state, step)
+        return step.state
+
+    async def run_sweeps(self, slice_seconds: float) -> None:
+        """From now on (until cancelled) sweeps run here in slices of ``slice_seconds`` of
+        work, with a turn of the event loop between slices: the source agent handles the events
+        that came meanwhile (it yields when its queue is empty or every 100 events)."""
+        wake = self._wake = asyncio.Event()
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                while self._pending:
+                    self._sweep_slice(slice_seconds)
+                    await asyncio.sleep(0)
+        finally:
+            self._wake = None
+
+    def pending_sweeps(self) -> list[int]:
+        """Partitions whose sweep has not finished."""
+        return sorted(self._pending)
 
     # ------------------------------------------------------------- effects
     def _load(self, key: str, raw: bytes) -> MeteredResource | None:
@@ -337,8 +451,13 @@ class UsageMeter:
 
     # ------------------------------------------------------------- views
     def closed_through(self) -> dict[int, int]:
-        """Per source partition held here: every hour starting before this is closed."""
-        return {p: hour_floor(w - self._lateness) for p, w in self._watermarks.items()}
+        """Per source partition held here: every hour starting before this is closed (and
+        emitted: while a sweep is pending, the hours its earlier sweep closed)."""
+        closed = {p: hour_floor(w - self._lateness) for p, w in self._watermarks.items()}
+        for partition, job in self._pending.items():
+            if job.since is not None and partition in closed:
+                closed[partition] = min(closed[partition], job.since)
+        return closed
 
     def tenant_resources(self, tenant_id: str) -> Iterator[tuple[str, MeteredResource]]:
         """The metering states of ``tenant_id``'s resources held here (index built on use)."""
@@ -373,16 +492,26 @@ class UsageMeter:
                     cache.pop(partition, None)
         if partitions is None:
             self._waiting.clear()
+            self._pending.clear()
         else:
             self._waiting.difference_update(partitions)
+            for partition in partitions:
+                self._pending.pop(partition, None)
         self._tenants = None
+
+    def drop_sweeps(self, partitions: Iterable[int]) -> None:
+        """Revoked partitions: their pending sweeps stop, and a partition that comes back is
+        swept again on first sight (its keys may be partly swept)."""
+        for partition in partitions:
+            if self._pending.pop(partition, None) is not None:
+                self._swept.pop(partition, None)
 
     def forget_index(self) -> None:
         """After recovery: rebuild the tenant index on next use."""
         self._tenants = None
 
     def snapshot(self) -> dict[str, Any]:
-        return {**self.stats,
+        return {**self.stats, "pending_sweeps": self.pending_sweeps(),
                 "watermarks": {str(p): from_us(w).isoformat()
                                for p, w in sorted(self._watermarks.items())}}
 
@@ -393,3 +522,8 @@ usage = UsageMeter(policy, settings.usage_topic, settings.usage_discrepancies_to
                    view_hours=settings.usage_view_hours)
 source_handlers.append(usage)
 
+
+@app.task
+async def sweep_in_slices() -> None:
+    """The worker's sweeps, in slices between events (``UsageMeter.run_sweeps``)."""
+    await usage.run_sweeps(settings.usage_sweep_slice_ms / 1000)

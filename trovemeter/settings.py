@@ -127,6 +127,10 @@ class WorkerSettings(CommonSettings):
     usage_view_hours: int = Field(
         48, ge=1, description="Hours of per-tenant usage totals kept for /usage/tenants/"
     )
+    usage_sweep_slice_ms: float = Field(
+        1.0, gt=0, description="When an hour closes, the partition's keys are advanced in "
+        "slices of about this much work between events (at least one key each)"
+    )
     # --- topics (defaults: trovemeter.topics; overridden by benchmarks and isolated tests) ---
     source_topic: str = Field("trove.notifications", description="Notifications the worker reads")
     operations_topic: str = Field("trove.operations", description="Finished operations")

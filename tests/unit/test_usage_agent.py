@@ -10,6 +10,7 @@ quiet partitions only, the ledger behind the usage view and the view's answer.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from streams import usage_web
-from streams.agents import usage
+from streams.agents import notifications, usage
 from streams.app import settings
 from streams.resource_agent import read_progress
 from streams.tables import metering, outbox, usage_clock, usage_ledger
@@ -41,7 +42,7 @@ from trovemeter.accrual import (
     encode_state,
     latest_versions,
 )
-from trovemeter.codec import SCHEMA_NAME_HEADER, decode
+from trovemeter.codec import SCHEMA_NAME_HEADER, decode, encode
 from trovemeter.model import (
     DiscrepancyCause,
     Notification,
@@ -417,3 +418,145 @@ def test_usage_topic_names_are_settings() -> None:
     assert (moved.usage_topic, moved.usage_discrepancies_topic) == ("x.usage", "x.disc")
     assert (WorkerSettings().usage_topic, WorkerSettings().usage_discrepancies_topic) == (
         "trove.usage", "trove.usage.discrepancies")
+
+
+# ------------------------------------------------------------------ the sweep in slices
+
+
+def _scenario_records(seed: int) -> list[tuple[int, bytes, bytes]]:
+    """A simulated day as the shovel writes it: (partition, key, Avro value), in order."""
+    from aiokafka.partitioner import murmur2
+
+    from trovemeter.envelope import BadNotification, parse_body
+    from trovemeter.simulation import ScenarioConfig, build_scenario
+
+    scenario = build_scenario(ScenarioConfig(seed=seed, tenants=3, instances=24, hours=12,
+                                             message_budget=1500, garbage_rate=0.0))
+    placed = []
+    for message in scenario.messages():
+        try:
+            n = parse_body(message.body, max_bytes=1 << 20)
+        except BadNotification:
+            continue
+        key = (n.kafka_key or "").encode()
+        partition = (murmur2(key) & 0x7FFFFFFF) % settings.topic_partitions
+        placed.append((partition, key, encode(n)))
+    return placed
+
+
+def _usage_outputs(fake: FakeProducer) -> dict[str, Any]:
+    """Per output key, its values in the order written; the final metering states."""
+    per_key: dict[tuple[str, bytes | None], list[bytes | None]] = {}
+    for record in fake.records:
+        if record.topic in (USAGE, DISCREPANCIES):
+            per_key.setdefault((record.topic, record.key), []).append(record.value)
+    return {"records": per_key, "states": dict(metering._data),
+            "clock": {k: usage_clock.get(k) for k in usage_clock.keys()}}
+
+
+def _feed(placed: list[tuple[int, bytes, bytes]], slice_seconds: float | None) -> None:
+    """Every record through the source agent; with ``slice_seconds``, the sweeper runs beside
+    it as in the worker, and the feed waits until it has finished every sweep."""
+    async def scenario() -> None:
+        sweeper = None
+        if slice_seconds is not None:
+            sweeper = asyncio.ensure_future(usage.run_sweeps(slice_seconds))
+            await asyncio.sleep(0)
+        try:
+            async with notifications.test_context() as agent:
+                for partition, key, value in placed:
+                    await agent.put(value, key=key, partition=partition)
+                    await asyncio.sleep(0)
+            while usage.pending_sweeps():
+                await asyncio.sleep(0)
+        finally:
+            if sweeper is not None:
+                sweeper.cancel()
+
+    run(scenario)
+
+
+def test_a_sweep_in_slices_writes_what_the_whole_sweep_in_the_event_writes() -> None:
+    """Events handled between the slices of a sweep -- for keys it has reached or not yet --
+    give every key the records (same versions, same order) and states of a sweep run to its
+    end inside the event that closed the hour."""
+    placed = _scenario_records(seed=3)
+    outputs = []
+    for slice_seconds in (None, 0.0):  # 0: one key per slice, an event between slices
+        fake = fresh_worker()
+        usage.forget()
+        usage.stats.update(dict.fromkeys(usage.stats, 0))
+        _feed(placed, slice_seconds)
+        outputs.append(_usage_outputs(fake))
+        stats = dict(usage.stats)
+    whole, sliced = outputs
+    assert sum(len(v) for v in whole["records"].values()) > 500  # the day has usage
+    assert sliced == whole
+    # Slicing did happen, and events for keys not reached yet were caught up first.
+    assert stats["sweep_slices"] > 2 * stats["sweeps"] > 0
+    assert stats["caught_up"] > 0
+
+
+def test_an_event_for_a_key_the_sweep_has_not_reached_is_advanced_first(
+        producer: FakeProducer) -> None:
+    """``apply`` alone would fold the late resize into the closed hour (one version); caught
+    up first, the hour is emitted as the sweep emits it, then corrected (two versions)."""
+    async def scenario() -> None:
+        sweeper = asyncio.ensure_future(usage.run_sweeps(0.0))
+        await asyncio.sleep(0)
+        async with notifications.test_context() as agent:
+            for n in (create_end("inst-a", 600), create_end("inst-b", 1200),
+                      restart_start("inst-a", HOUR + 600)):  # closes the hour: a sweep begins
+                await agent.put(encode(n), key=n.resource_id.encode(), partition=1)
+            # No turn of the loop for the sweeper yet: inst-b has not been reached.
+            assert usage.pending_sweeps() == [1]
+            n = resize_end("inst-b", 1800, "3")
+            await agent.put(encode(n), key=b"inst-b", partition=1)
+        while usage.pending_sweeps():
+            await asyncio.sleep(0)
+        sweeper.cancel()
+
+    run(scenario)
+    corrected = [r for r in records(producer) if r.resource_id == "inst-b" and r.flavor_id == "2"]
+    assert [(r.version, r.quantity) for r in corrected] == [(1, 2400.0), (2, 600.0)]
+    assert usage.stats["caught_up"] == 1
+
+
+def test_a_revoked_partition_drops_its_pending_sweep_and_is_swept_on_first_sight(
+        producer: FakeProducer) -> None:
+    async def scenario() -> None:
+        await feed_source(create_end("inst-a", 600), create_end("inst-b", 1200), partition=1)
+        usage._wake = asyncio.Event()  # a sweeper is running (it gets no turn here)
+        try:
+            await feed_source(restart_start("inst-a", HOUR + 600), partition=1)
+            assert usage.pending_sweeps() == [1]
+            usage.drop_sweeps({1})  # revoked
+            assert usage.pending_sweeps() == []
+        finally:
+            usage._wake = None
+        # The partition comes back: its first event sweeps it (inst-b has no event).
+        await feed_source(restart_start("inst-a", HOUR + 700), partition=1)
+
+    run(scenario)
+    got = latest(producer)
+    assert got[("inst-b", INSTANCE_SECONDS, "2", T0)].quantity == 2400.0
+
+
+def test_a_tick_sweeps_a_partition_first_seen_although_its_watermark_does_not_move(
+        producer: FakeProducer) -> None:
+    """A restart after a crash cut a sweep short: no event comes on the partition, and the
+    ticks carry no later event time; the first tick that finds it idle finishes the sweep."""
+    usage.idle_seconds = 0.0
+
+    async def scenario() -> None:
+        await feed_source(create_end("inst-q", 600), partition=2)
+        usage._wake = asyncio.Event()  # the sweep is cut short: never gets a turn
+        try:
+            await feed_source(restart_start("inst-q", HOUR + 700), partition=2)
+        finally:
+            usage._wake = None
+        usage.forget()  # the restart: the clock is read back from usage_clock
+        await feed_pairing((2, tick_at(at(HOUR + 700))))
+
+    run(scenario)
+    assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
