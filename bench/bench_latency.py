@@ -30,6 +30,13 @@ not a number); records of the first second of each phase are left out of the per
 Baseline: the same messages' latency to `trove.notifications` (matched by the shovel's
 ``trovemeter.message_id`` header), i.e. the share of the shovel; worker = the rest.
 
+Hops (``phase["hops"]``, printed under each rate), per expected record, from the Kafka
+timestamps (CreateTime: when the writer called produce) of its trigger on trove.notifications
+and of the record itself: publish -> the shovel's produce; -> readable (this process read the
+trigger: the shovel's linger, the broker, a consumer's fetch); -> the worker's produce (the
+worker's fetch, its queue and processing; for an operation whose start and end lie on different
+partitions, also until the other one is read); -> read here (the worker's linger, the broker).
+
 This module also holds the process helpers the other end-to-end benchmarks use
 (``WorkerProcess``, ``Pipeline``, ``PacedPublisher``, ``TopicCollector``, ``agent_writes``).
 """
@@ -434,6 +441,8 @@ class TopicCollector(threading.Thread):
         self.marks = end_offsets(bootstrap, topics)
         self.keep_values = keep_values
         self.records: list[tuple[float, str, bytes | None, Any]] = []
+        # Kafka timestamp (CreateTime: when the writer called produce, epoch ms) of each record.
+        self.timestamps: list[int] = []
         self._stop_event = threading.Event()
         self.error: BaseException | None = None
         self.ready = threading.Event()
@@ -449,10 +458,12 @@ class TopicCollector(threading.Thread):
             consumer.assign([TopicPartition(t, p, o) for (t, p), o in self.marks.items()])
             self.ready.set()
             append, clock, keep = self.records.append, time.perf_counter, self.keep_values
+            stamp = self.timestamps.append
             while not self._stop_event.is_set():
                 message = consumer.poll(0.05)
                 if message is None or message.error():
                     continue
+                stamp(message.timestamp()[1])
                 append((clock(), message.topic(), message.value() if keep else None,
                         message.headers()))
             consumer.close()
@@ -563,12 +574,16 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
     codec = default_codec()
     first_seen: dict[str, float] = {}
     notif_seen: dict[int, float] = {}
+    # Kafka CreateTime of those records, on the perf_counter clock (ms resolution).
+    epoch_offset = time.time() - time.perf_counter()
+    written: dict[str, float] = {}
+    notif_written: dict[int, float] = {}
     scanned = 0
     deadline = time.monotonic() + drain_timeout
     while True:
         records = collector.records
         end = len(records)  # the collector keeps appending meanwhile
-        for received, topic, value, headers in records[scanned:end]:
+        for n, (received, topic, value, headers) in enumerate(records[scanned:end], scanned):
             if topic != E2E_TOPICS["source"]:  # an operations topic
                 try:
                     record = codec.decode(value)
@@ -577,12 +592,15 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
                 record_id = getattr(record, "record_id", None)
                 if record_id in expected and record_id not in first_seen:
                     first_seen[record_id] = received
+                    written[record_id] = collector.timestamps[n] / 1000 - epoch_offset
             else:
                 for key, header in headers or ():
                     if key == "trovemeter.message_id":
                         index = index_of_id.get(header.decode())
                         if index is not None and index not in notif_seen:
                             notif_seen[index] = received
+                            notif_written[index] = \
+                                collector.timestamps[n] / 1000 - epoch_offset
         scanned = end
         if len(first_seen) >= len(expected) or time.monotonic() > deadline:
             break
@@ -598,6 +616,17 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
     e2e = [first_seen[rid] - published[i] for rid, i in expected.items()
            if rid in first_seen and published[i] >= t0]
     shovel_only = [seen - published[i] for i, seen in notif_seen.items() if published[i] >= t0]
+    # Where the time goes, per expected record, from the Kafka timestamps of its trigger on
+    # trove.notifications (the shovel's produce) and of the record (the worker's produce).
+    hops: dict[str, list[float]] = {"publish->shovel produce": [],
+                                    "shovel produce->readable": [],
+                                    "readable->worker produce": [], "worker produce->read": []}
+    for rid, i in expected.items():
+        if rid in first_seen and i in notif_seen and published[i] >= t0:
+            hops["publish->shovel produce"].append(notif_written[i] - published[i])
+            hops["shovel produce->readable"].append(notif_seen[i] - notif_written[i])
+            hops["readable->worker produce"].append(written[rid] - notif_seen[i])
+            hops["worker produce->read"].append(first_seen[rid] - written[rid])
     valid = len(index_of_id)  # distinct message ids (duplicates share one)
     return {
         "rate_target": rate, "messages": len(messages),
@@ -607,6 +636,7 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
         "complete": len(first_seen) == len(expected) and len(expected) > 0,
         "notifications_expected": valid, "notifications_seen": len(notif_seen),
         "e2e": percentiles(e2e), "shovel_only": percentiles(shovel_only),
+        "hops": {name: percentiles(values) for name, values in hops.items()},
         "warmup_excluded_s": warmup_s,
     }
 
@@ -657,6 +687,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 print(f"latency at {rate:,}/s: e2e {e2e} shovel-only {base} complete "
                       f"{phase['complete']} ({phase['records_seen']}/{phase['expected_records']})",
                       file=sys.stderr, flush=True)
+                for name, figures in phase["hops"].items():
+                    print(f"  {name:26} p50 {figures.get('p50_ms')} p95 {figures.get('p95_ms')} "
+                          f"p99 {figures.get('p99_ms')} ms", file=sys.stderr, flush=True)
                 if k == 0 and phase["records_seen"] == 0:
                     return not_run("the worker wrote none of the expected trove.operations "
                                    f"records within {args.drain_timeout:.0f}s of publishing "
