@@ -79,7 +79,7 @@ import functools
 import json
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -237,9 +237,9 @@ class Step(NamedTuple):
     discrepancies: tuple[UsageDiscrepancy, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class _Usage:
-    """A record's content before it gets a version."""
+class _Usage(NamedTuple):
+    """A record's content before it gets a version (a tuple: built ~3 times per resource and
+    hour, a third of a frozen dataclass's cost)."""
 
     quantity: Fraction
     user_id: str | None
@@ -570,48 +570,138 @@ def _alive(state: MeteredResource, from_us: int, to_us: int) -> tuple[int, int] 
 
 def _window_usage(state: MeteredResource, window_start: int) -> dict[RecordKey, _Usage]:
     """Every non-zero record of one hour, by key."""
+    usage = _one_piece_usage(state, window_start)
+    if usage is None:
+        usage = _pieced_usage(state, window_start)
+    # ``Audit.window_start`` written out: this runs for every audit of every swept state.
+    audited = [a for a in state.audits if 0 < a.end_us - window_start <= HOUR_US]
+    if audited:
+        micros = sum(a.end_us - a.begin_us for a in audited)
+        usage[RecordKey(state.tenant_id or "", EXISTS_SECONDS, window_start, "")] = _Usage(
+            _HOUR_SECONDS if micros == HOUR_US else Fraction(micros, US_PER_SECOND),
+            state.user_id, None, None,
+            (audited[0].message_id,) if len(audited) == 1 else
+            tuple(sorted(a.message_id for a in audited)))
+    return usage
+
+
+def _pieced_usage(state: MeteredResource, window_start: int) -> dict[RecordKey, _Usage]:
+    """The lifecycle records of one hour (every meter but the audits'), integrated piecewise."""
     window_end = window_start + HOUR_US
     tenant = state.tenant_id or ""
     usage: dict[RecordKey, _Usage] = {}
     alive = _alive(state, window_start, window_end)
-    if alive is not None:
-        assert state.started is not None
-        lifecycle = [state.started.message_id]
-        if state.ended is not None and state.ended.at_us < window_end:
-            lifecycle.append(state.ended.message_id)
-        if state.resource_type is ResourceType.INSTANCE:
-            names = dict(state.flavor_names)
-            per_flavor: dict[str, tuple[int, set[str]]] = {}
-            for piece in _pieces(state.flavors, *alive):
-                seconds, messages = per_flavor.get(piece.value or "", (0, set()))
-                if piece.message_id is not None:
-                    messages = messages | {piece.message_id}
-                per_flavor[piece.value or ""] = (seconds + piece.to_us - piece.from_us, messages)
-            for flavor, (micros, messages) in per_flavor.items():
-                usage[RecordKey(tenant, INSTANCE_SECONDS, window_start, flavor)] = _Usage(
-                    Fraction(micros, US_PER_SECOND), state.user_id, names.get(flavor),
-                    None, tuple(sorted({*lifecycle, *messages})))
-        meter = VOLUME_GB_SECONDS if state.resource_type is ResourceType.INSTANCE \
-            else BACKUP_GB_SECONDS
-        gb_micros = Fraction(0)  # GB x microseconds: one division at the end, not per piece
-        last_size: str | None = None
-        size_messages = set(lifecycle)
-        for piece in _pieces(state.sizes, *alive):
-            if piece.value is not None and piece.message_id is not None:
-                gb_micros += _size(piece.value) * (piece.to_us - piece.from_us)
-                last_size = piece.value
-                size_messages.add(piece.message_id)
-        if gb_micros:
-            usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
-                gb_micros / US_PER_SECOND, state.user_id, None, last_size,
-                tuple(sorted(size_messages)))
-    audited = [a for a in state.audits if a.window_start == window_start]
-    if audited:
-        micros = sum(a.end_us - a.begin_us for a in audited)
-        usage[RecordKey(tenant, EXISTS_SECONDS, window_start, "")] = _Usage(
-            Fraction(micros, US_PER_SECOND), state.user_id, None, None,
-            tuple(sorted(a.message_id for a in audited)))
+    if alive is None:
+        return usage
+    assert state.started is not None
+    lifecycle = [state.started.message_id]
+    if state.ended is not None and state.ended.at_us < window_end:
+        lifecycle.append(state.ended.message_id)
+    if state.resource_type is ResourceType.INSTANCE:
+        names = dict(state.flavor_names)
+        per_flavor: dict[str, tuple[int, set[str]]] = {}
+        for piece in _pieces(state.flavors, *alive):
+            seconds, messages = per_flavor.get(piece.value or "", (0, set()))
+            if piece.message_id is not None:
+                messages = messages | {piece.message_id}
+            per_flavor[piece.value or ""] = (seconds + piece.to_us - piece.from_us, messages)
+        for flavor, (micros, messages) in per_flavor.items():
+            usage[RecordKey(tenant, INSTANCE_SECONDS, window_start, flavor)] = _Usage(
+                Fraction(micros, US_PER_SECOND), state.user_id, names.get(flavor),
+                None, tuple(sorted({*lifecycle, *messages})))
+    meter = VOLUME_GB_SECONDS if state.resource_type is ResourceType.INSTANCE \
+        else BACKUP_GB_SECONDS
+    # GB x microseconds: one division at the end, not per piece; whole sizes summed as ints.
+    gb_micros: int | Fraction = 0
+    last_size: str | None = None
+    size_messages = set(lifecycle)
+    for piece in _pieces(state.sizes, *alive):
+        if piece.value is not None and piece.message_id is not None:
+            size = _size(piece.value)
+            span = piece.to_us - piece.from_us
+            gb_micros += size.numerator * span if size.denominator == 1 else size * span
+            last_size = piece.value
+            size_messages.add(piece.message_id)
+    if gb_micros:
+        usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
+            Fraction(gb_micros, US_PER_SECOND), state.user_id, None, last_size,
+            tuple(sorted(size_messages)))
     return usage
+
+
+# ``_in_force``'s answer for a span that a change splits.
+_SPLIT = Change(None, -1, "", "")
+_HOUR_SECONDS = Fraction(HOUR_US, US_PER_SECOND)
+
+
+def _one_piece_usage(state: MeteredResource, window_start: int) -> dict[RecordKey, _Usage] | None:
+    """``_pieced_usage`` of an hour in which the resource's flavor and size did not change
+    while it lived (the common hour: every hour of a sweep but a resize's), without
+    integrating; None for any other hour."""
+    window_end = window_start + HOUR_US
+    alive = _alive(state, window_start, window_end)
+    if alive is None:
+        return None
+    low, high = alive
+    sizes = _in_force(state.sizes, low, high)
+    if sizes is _SPLIT:
+        return None
+    started, ended = state.started, state.ended
+    assert started is not None
+    whole = high - low == HOUR_US
+    lifecycle = {started.message_id}
+    if ended is not None and ended.at_us < window_end:
+        lifecycle.add(ended.message_id)
+    tenant = state.tenant_id or ""
+    usage: dict[RecordKey, _Usage] = {}
+    if state.resource_type is ResourceType.INSTANCE:
+        flavor = _in_force(state.flavors, low, high)
+        if flavor is _SPLIT:
+            return None
+        flavor_id = "" if flavor is None else flavor.value
+        usage[RecordKey(tenant, INSTANCE_SECONDS, window_start, flavor_id)] = _Usage(
+            _HOUR_SECONDS if whole else Fraction(high - low, US_PER_SECOND), state.user_id,
+            _flavor_name(state.flavor_names, flavor_id), None,
+            _message_ids(lifecycle, flavor))
+        meter = VOLUME_GB_SECONDS
+    else:
+        meter = BACKUP_GB_SECONDS
+    if sizes is not None and _size(sizes.value):
+        size = _size(sizes.value)
+        usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
+            _size_hour(sizes.value) if whole else Fraction(
+                size.numerator * (high - low), size.denominator * US_PER_SECOND),
+            state.user_id, None, sizes.value, _message_ids(lifecycle, sizes))
+    return usage
+
+
+def _in_force(changes: tuple[Change, ...], from_us: int, to_us: int) -> Change | None:
+    """The change in force over all of [from_us, to_us) (None: no value), ``_SPLIT`` if a
+    change falls inside it (``_pieces``' rule: sorted, the last one at or before ``from_us``)."""
+    in_force = None
+    for change in changes:
+        at = change.at_us
+        if at is None or at <= from_us:
+            in_force = change
+        elif at < to_us:
+            return _SPLIT
+        else:
+            break
+    return in_force
+
+
+def _flavor_name(names: tuple[tuple[str, str], ...], flavor_id: str) -> str | None:
+    for named_id, name in names:
+        if named_id == flavor_id:
+            return name
+    return None
+
+
+def _message_ids(lifecycle: set[str], change: Change | None) -> tuple[str, ...]:
+    """The sorted ids of the lifecycle's messages and the change's."""
+    if change is None:
+        return tuple(sorted(lifecycle))
+    return tuple(sorted({*lifecycle, change.message_id}))
 
 
 def _windows_with_usage(state: MeteredResource, first: int, through: int) -> list[int]:
@@ -648,30 +738,29 @@ def _size(text: str) -> Fraction:
     return Fraction(text)
 
 
+@functools.lru_cache(maxsize=1024)
+def _size_hour(text: str) -> Fraction:
+    """GB-seconds of a size over a whole hour."""
+    return _size(text) * (HOUR_US // US_PER_SECOND)
+
+
 def _record(state: MeteredResource, key: RecordKey, usage: _Usage | None, version: int,
             previous: _Usage | None = None) -> UsageRecord:
     """The record for ``key``; ``usage`` None re-emits ``previous`` with quantity 0."""
-    content = usage or replace(previous, quantity=Fraction(0))  # type: ignore[type-var]
-    meter_type, unit = METERS[key.meter]
+    content = usage if usage is not None else previous._replace(  # type: ignore[union-attr]
+        quantity=Fraction(0))
+    meter = key.meter
+    meter_type, unit = METERS[meter]
     window_start, window_end, _ = _window(key.window_start)
+    quantity, size_gb = content.quantity, content.size_gb
+    # Positional, in the fields' order: ~3 records per resource and hour.
     return UsageRecord(
-        record_id=record_id(key, state.resource_type, state.resource_id),
-        version=version,
-        tenant_id=key.tenant_id,
-        resource_type=state.resource_type,
-        resource_id=state.resource_id,
-        meter=key.meter,
-        meter_type=meter_type,
-        unit=unit,
-        quantity=float(content.quantity),
-        window_start=window_start,
-        window_end=window_end,
-        derived_from=list(content.derived_from),
-        user_id=content.user_id,
-        flavor_id=(key.flavor_id or None) if key.meter == INSTANCE_SECONDS else None,
-        flavor_name=content.flavor_name,
-        size_gb=None if content.size_gb is None else float(_size(content.size_gb)),
-    )
+        record_id(key, state.resource_type, state.resource_id), version, key.tenant_id,
+        state.resource_type, state.resource_id, meter, meter_type, unit,
+        quantity.numerator / quantity.denominator,  # float(quantity), as Fraction computes it
+        window_start, window_end, list(content.derived_from), content.user_id,
+        (key.flavor_id or None) if meter == INSTANCE_SECONDS else None,
+        content.flavor_name, None if size_gb is None else float(_size(size_gb)))
 
 
 def _corrections(before: MeteredResource, after: MeteredResource, affected_from: int,

@@ -22,6 +22,8 @@ from trovemeter.accrual import (
     INSTANCE_SECONDS,
     VOLUME_GB_SECONDS,
     AccrualPolicy,
+    Change,
+    Claim,
     MeteredResource,
     Step,
     advance,
@@ -32,6 +34,7 @@ from trovemeter.accrual import (
     to_dict,
     verify_exists,
 )
+from trovemeter.accrual import _alive, _merge_change, _one_piece_usage, _pieced_usage
 from trovemeter.model import (
     DiscrepancyCause,
     Notification,
@@ -542,3 +545,50 @@ def test_a_simulated_day_bills_exactly_the_simulators_truth(seed: int, noise: fl
     assert {t: round(float(v), 2) for t, v in backup.items()} == expected.backup_gb_seconds
     assert dict(audited) == expected.exists_seconds
     assert found == []
+
+
+# ------------------------------------------------------- the one-piece hour (sweep fast path)
+
+# Moments around three hours, hour boundaries and their neighbours included.
+MOMENTS = st.one_of(st.sampled_from([h * 3_600_000_000 + d for h in range(-1, 4)
+                                     for d in (-1, 0, 1)]),
+                    st.integers(-3_600_000_000, 4 * 3_600_000_000))
+
+
+@st.composite
+def metered_states(draw: st.DrawFn) -> MeteredResource:
+    """Any state ``apply`` can build: changes merged by its own rule (``_merge_change``)."""
+    kind = draw(st.sampled_from([ResourceType.INSTANCE, ResourceType.BACKUP]))
+    message = st.sampled_from(["m-a", "m-b", "m-c", "m-d"])
+
+    def changes(values: st.SearchStrategy[str]) -> tuple[Change, ...]:
+        merged: tuple[Change, ...] = ()
+        for change in draw(st.lists(st.builds(Change, st.one_of(st.none(), MOMENTS),
+                                              st.sampled_from([0, 1]), values, message),
+                                    max_size=4)):
+            merged = _merge_change(merged, change)
+        return merged
+
+    started = draw(st.one_of(st.none(), st.builds(Claim, st.sampled_from([0, 1]), MOMENTS,
+                                                    message)))
+    ended = draw(st.one_of(st.none(), st.builds(Claim, st.sampled_from([0, 1]), MOMENTS,
+                                                  message)))
+    return MeteredResource(
+        kind, "r-1", draw(st.sampled_from([None, "tenant-a"])), draw(st.sampled_from([None, "u"])),
+        started, ended,
+        flavors=changes(st.sampled_from(["", "1", "2"])) if kind is ResourceType.INSTANCE else (),
+        sizes=changes(st.sampled_from(["0", "1", "5", "0.14", "12.5"])),
+        flavor_names=(("", "unnamed"), ("1", "m1.tiny")) if draw(st.booleans()) else ())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(state=metered_states(), hour=st.integers(-1, 3))
+def test_the_one_piece_hour_gives_what_piecewise_integration_gives(
+        state: MeteredResource, hour: int) -> None:
+    window_start = hour * 3_600_000_000
+    fast = _one_piece_usage(state, window_start)
+    assert fast is None or fast == _pieced_usage(state, window_start)
+    alive = _alive(state, window_start, window_start + 3_600_000_000)
+    if alive is not None and not any(alive[0] < c.at_us < alive[1] for c in state.flavors
+                                     + state.sizes if c.at_us is not None):
+        assert fast is not None  # every hour without a change while alive takes it
