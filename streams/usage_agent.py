@@ -404,19 +404,23 @@ class UsageMeter:
             self.stats["discrepancies"] += 1
 
     def _emit(self, partition: int, before: MeteredResource | None,
-              records: Iterable[UsageRecord]) -> None:
+              records: tuple[UsageRecord, ...]) -> None:
         emitted_through = None if before is None else before.emitted_through
         previous: dict[int, dict[str, float]] = {}  # corrected hour -> record id -> quantity
-        ledger_key = ledger = None
+        ledger_tenant = ledger_key = ledger = None
         changed = False
         emit, topic, header, view_hours = outbox.emit, self.usage_topic, USAGE_HEADER, \
             self.view_hours
+        # A state's records share their tenant, and an hour's records its datetime objects:
+        # the ledger key and the hour are derived once per change.
+        window, hour = None, 0
         for record in records:
             record_id = record.record_id
-            emit(topic, encode(record), record_id,
-                 headers=[header, (RECORD_ID_HEADER, record_id.encode())])
-            self.stats["records"] += 1
-            hour = to_us(record.window_start)
+            key_bytes = record_id.encode()
+            emit(topic, encode(record), key_bytes, headers=[header, (RECORD_ID_HEADER, key_bytes)])
+            if record.window_start is not window:
+                window = record.window_start
+                hour = to_us(window)
             delta = record.quantity
             if emitted_through is not None and hour < emitted_through:
                 # A correction: the ledger holds what ``before`` gives for this record's hour.
@@ -428,12 +432,12 @@ class UsageMeter:
                         r.record_id: r.quantity
                         for r in records_between(before, hour, hour + HOUR_US, self.policy)}
                 delta -= quantities.get(record_id, 0.0)
-            key = f"{record.tenant_id}|{partition}"
-            if key != ledger_key:
+            if record.tenant_id != ledger_tenant:
                 if ledger is not None and changed:
                     usage_ledger.put(partition, ledger_key, ledger)  # type: ignore[arg-type]
-                ledger_key, changed = key, False
-                ledger = usage_ledger.get(key) or TenantLedger()
+                ledger_tenant, changed = record.tenant_id, False
+                ledger_key = f"{ledger_tenant}|{partition}"
+                ledger = usage_ledger.get(ledger_key) or TenantLedger()
             assert ledger is not None
             if delta and ledger.add(hour, line_of(record.meter, record.flavor_id), delta,
                                     view_hours):
@@ -448,6 +452,7 @@ class UsageMeter:
             # crash in between, the replay adds those deltas again: the ledger (the view) is
             # at-least-once, trove.usage is exact (usage_web.py says so).
             usage_ledger.put(partition, ledger_key, ledger)  # type: ignore[arg-type]
+        self.stats["records"] += len(records)
 
     # ------------------------------------------------------------- views
     def closed_through(self) -> dict[int, int]:
