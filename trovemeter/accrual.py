@@ -670,8 +670,9 @@ def _one_piece_usage(state: MeteredResource, window_start: int) -> dict[RecordKe
         meter = VOLUME_GB_SECONDS
     else:
         meter = BACKUP_GB_SECONDS
-    if sizes is not None and _size(sizes.value):
-        size = _size(sizes.value)
+    size = None if sizes is None else _size(sizes.value)
+    if size:  # a size of 0 gives no record, as in _pieced_usage
+        assert sizes is not None
         usage[RecordKey(tenant, meter, window_start, "")] = _Usage(
             _size_hour(sizes.value) if whole else Fraction(
                 size.numerator * (high - low), size.denominator * US_PER_SECOND),
@@ -695,6 +696,7 @@ def _in_force(changes: tuple[Change, ...], from_us: int, to_us: int) -> Change |
 
 
 def _flavor_name(names: tuple[tuple[str, str], ...], flavor_id: str) -> str | None:
+    """``dict(names).get(flavor_id)`` without building the dict (names are few)."""
     for named_id, name in names:
         if named_id == flavor_id:
             return name
