@@ -1,7 +1,7 @@
 """End-to-end latency: RabbitMQ publish -> `trove.operations`, p50/p95/p99 at 1k and 5k msg/s,
 beside the shovel's own share (RabbitMQ publish -> `trove.notifications`) from the same run.
 
-    .venv/bin/python -m bench.bench_latency [--seconds 20] [--rates 1000,5000]
+    .venv/bin/python -m bench.bench_latency [--seconds 20] [--rates 1000,5000] [--hours 24]
 
 The whole pipeline runs as it does in production, as subprocesses started here: `trovemeter
 shovel` (its own queue bound to a bench exchange) and `trovemeter worker` (its own Faust app id,
@@ -26,6 +26,11 @@ process received it from `trove.operations` - the publish time of its trigger; m
 deterministic ``record_id``. Every expected record must arrive (else the figure is "incomplete",
 not a number); records of the first second of each phase are left out of the percentiles
 (connections and caches warming up).
+
+``--hours`` is the event time each rate's messages span (24: a simulated day in 20 s, so an
+hour closes -- and the usage sweep runs -- every ~0.8 s of wall time, a stress a real region
+at 1k msg/s never sees; 1: one closing per run). Under each rate the worst e2e latency per
+second of publishing is printed too: a stall (a GC pause, a sweep) shows as a high second.
 
 Baseline: the same messages' latency to `trove.notifications` (matched by the shovel's
 ``trovemeter.message_id`` header), i.e. the share of the shovel; worker = the rest.
@@ -540,22 +545,23 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
 # ------------------------------------------------------------------ one phase
 
 
-def scenario_messages(rate: float, seconds: float, seed: int, start: Any) -> tuple[list[Any], Any]:
+def scenario_messages(rate: float, seconds: float, seed: int, start: Any,
+                      hours: int = 24) -> tuple[list[Any], Any]:
     from trovemeter.simulation import ScenarioConfig, build_scenario
 
     budget = max(200, int(rate * seconds))
-    config = ScenarioConfig(seed=seed, tenants=20, instances=20, hours=24, start=start,
+    config = ScenarioConfig(seed=seed, tenants=20, instances=20, hours=hours, start=start,
                             message_budget=budget)
     scenario = build_scenario(config)
     return list(scenario.messages())[:budget], config
 
 
 def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start: Any,
-              drain_timeout: float, warmup_s: float = 1.0) -> dict[str, Any]:
+              drain_timeout: float, warmup_s: float = 1.0, hours: int = 24) -> dict[str, Any]:
     from trovemeter import topics
     from trovemeter.codec import default_codec
 
-    messages, config = scenario_messages(rate, seconds, seed, start)
+    messages, config = scenario_messages(rate, seconds, seed, start, hours)
     notifications = parse_all(messages)
     expected = expected_on_arrival(notifications)
     index_of_id = {n.message_id: i for i, n in enumerate(notifications) if n is not None}
@@ -627,6 +633,12 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
             hops["shovel produce->readable"].append(notif_seen[i] - notif_written[i])
             hops["readable->worker produce"].append(written[rid] - notif_seen[i])
             hops["worker produce->read"].append(first_seen[rid] - written[rid])
+    # The worst e2e latency per second of publishing: a stall shows as a run of high seconds.
+    worst: dict[int, float] = {}
+    for rid, i in expected.items():
+        if rid in first_seen:
+            second = int(published[i] - published[0])
+            worst[second] = max(worst.get(second, 0.0), first_seen[rid] - published[i])
     valid = len(index_of_id)  # distinct message ids (duplicates share one)
     return {
         "rate_target": rate, "messages": len(messages),
@@ -638,6 +650,8 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
         "e2e": percentiles(e2e), "shovel_only": percentiles(shovel_only),
         "hops": {name: percentiles(values) for name, values in hops.items()},
         "warmup_excluded_s": warmup_s,
+        "worst_ms_by_second": [round(worst.get(k, 0.0) * 1000) for k in range(max(worst) + 1)]
+        if worst else [],
     }
 
 
@@ -652,6 +666,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time per rate")
     parser.add_argument("--rates", default="1000,5000", help="messages per second, comma-separated")
     parser.add_argument("--seed", type=int, default=8)
+    parser.add_argument("--hours", type=int, default=24,
+                        help="simulated hours each rate's messages span")
     parser.add_argument("--drain-timeout", type=float,
                         help="seconds to wait for the last records after publishing "
                         "(default: 3 x --seconds, at least 30)")
@@ -681,11 +697,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             start = DEFAULT_START
             for k, rate in enumerate(rates):
                 phase = run_phase(pipeline, rate, args.seconds, args.seed + k, start,
-                                  args.drain_timeout)
+                                  args.drain_timeout, hours=args.hours)
                 phases.append(phase)
                 e2e, base = phase["e2e"], phase["shovel_only"]
                 print(f"latency at {rate:,}/s: e2e {e2e} shovel-only {base} complete "
                       f"{phase['complete']} ({phase['records_seen']}/{phase['expected_records']})",
+                      file=sys.stderr, flush=True)
+                print(f"  worst e2e ms per second of publishing: {phase['worst_ms_by_second']}",
                       file=sys.stderr, flush=True)
                 for name, figures in phase["hops"].items():
                     print(f"  {name:26} p50 {figures.get('p50_ms')} p95 {figures.get('p95_ms')} "
@@ -694,7 +712,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     return not_run("the worker wrote none of the expected trove.operations "
                                    f"records within {args.drain_timeout:.0f}s of publishing "
                                    f"(log {pipeline.logs.get('worker')})")
-                start = start + timedelta(hours=26)  # past the scenario's horizon + closing
+                # past the scenario's horizon + closing
+                start = start + timedelta(hours=args.hours + 2)
             startup = pipeline.startup_s
     except WorkerUnavailable as exc:
         return not_run(str(exc))
