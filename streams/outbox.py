@@ -148,28 +148,30 @@ class Outbox:
 
     # ---------------------------------------------------------------- producer
 
+    def _new_producer(self, config: dict[str, Any]) -> Any:
+        if self._factory is None:
+            from confluent_kafka import Producer
+
+            self._factory = Producer
+        return self._factory(config)
+
     @property
     def producer(self) -> Any:
         if self._producer is None:
-            if self._factory is None:
-                from confluent_kafka import Producer
-
-                self._factory = Producer
-            self._producer = self._factory(self._config)
+            self._producer = self._new_producer(self._config)
         return self._producer
 
     @property
     def bulk_producer(self) -> Any:
         if self._bulk_producer is None:
-            if self._prompt_topics is None or self._bulk_linger_ms is None or \
-                    self._bulk_linger_ms == self._config.get("linger.ms"):
+            linger = self._bulk_linger_ms
+            if self._prompt_topics is None or linger is None or \
+                    linger == self._config.get("linger.ms"):
                 self._bulk_producer = self.producer
             else:
-                self.producer  # noqa: B018 - sets the default factory
-                assert self._factory is not None
-                config = {**self._config, "linger.ms": self._bulk_linger_ms,
-                          "client.id": f"{self._config.get('client.id', 'trovemeter')}-bulk"}
-                self._bulk_producer = self._factory(config)
+                client = self._config.get("client.id", "trovemeter")
+                self._bulk_producer = self._new_producer(
+                    {**self._config, "linger.ms": linger, "client.id": f"{client}-bulk"})
         return self._bulk_producer
 
     def _producers(self) -> list[Any]:
@@ -363,10 +365,10 @@ class Outbox:
         try:
             self.flush_forwards()
             self._close_epoch()
-            producers = self._producers()
             deadline = time.monotonic() + max_wait
             while True:
-                for producer in producers:
+                # Each turn: the first changelog write below may create the bulk producer.
+                for producer in self._producers():
                     producer.poll(0)
                 self._raise_failures()
                 self._advance()

@@ -659,6 +659,24 @@ def test_prompt_topics_and_the_rest_go_through_two_producers_with_their_own_ling
     assert len(made) == 1 and len(made[0][1].records) == 2  # equal lingers: one producer
 
 
+def test_a_checkpoint_serves_the_bulk_producer_its_own_changelog_writes_created() -> None:
+    made: list[FakeProducer] = []
+
+    def factory(config: dict[str, Any]) -> FakeProducer:
+        made.append(FakeProducer())
+        return made[-1]
+
+    box = Outbox({"linger.ms": 2}, pairing_topic="p", producer_factory=factory,
+                 prompt_topics=frozenset({"ops"}), bulk_linger_ms=25)
+    table, acked = _Table(), []
+    box.processed(_Event("e", acked))
+    box.emit("ops", b"operation", "k")  # only the prompt producer exists so far
+    box.stage(table, 0, "key", {"v": 1})
+    asyncio.run(box.checkpoint(max_wait=0.2))
+    assert len(made) == 2 and len(made[1].on(table.changelog_topic_name)) == 1
+    assert acked == ["e"]  # the changelog record's delivery was served in the same checkpoint
+
+
 def test_forwards_are_batched_per_partition() -> None:
     fake = FakeProducer()
     box = Outbox({}, pairing_topic="pairing", forward_max_batch=3, pack=pack_batch,
