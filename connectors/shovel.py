@@ -563,6 +563,7 @@ class Shovel:
                 reported = perf_counter()
                 stats.produce_latency.observe(reported - started)
                 self._last_success = reported
+                self._all_brokers_down = False
                 if out.reason is None:
                     stats.produced += 1
                 else:
@@ -649,9 +650,10 @@ class Shovel:
             return
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._all_brokers_down = True
-            self.stats.kafka_ok = False
             # Before start-up has reached Kafka, _await_kafka reports the outage itself. Right
-            # after a delivery succeeded it is librdkafka reporting an old disconnect late.
+            # after a delivery succeeded it is librdkafka reporting an old disconnect late: it
+            # must not mark deliveries failing, as no outage would ever end that mark (a real
+            # outage that begins so soon is caught by the stall watch instead).
             if self._kafka_failing_since is None and self._ever_reached_kafka \
                     and perf_counter() - self._last_success > STALE_BROKERS_DOWN_SECONDS:
                 self._kafka_outage(err.str(), code=err.name())

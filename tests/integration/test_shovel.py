@@ -417,7 +417,8 @@ def test_kafka_outage_keeps_messages_unacked_until_kafka_returns(
     assert len(failing) == 1, [(e.get("ts"), e.get("code"), e.get("error")) for e in  # once per outage
                                failing + events(shovel, "kafka.delivery_recovered")]
     assert len(events(shovel, "kafka.delivery_recovered")) == 1
-    assert shovel.health()["healthy"]
+    health = shovel.health()
+    assert health["healthy"], health
     assert shovel.stop() == 0
     assert outage < 25
 
