@@ -49,6 +49,7 @@ This module also holds the process helpers the other end-to-end benchmarks use
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -627,12 +628,16 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
     hops: dict[str, list[float]] = {"publish->shovel produce": [],
                                     "shovel produce->readable": [],
                                     "readable->worker produce": [], "worker produce->read": []}
+    trace: list[dict[str, Any]] = []
     for rid, i in expected.items():
         if rid in first_seen and i in notif_seen and published[i] >= t0:
-            hops["publish->shovel produce"].append(notif_written[i] - published[i])
-            hops["shovel produce->readable"].append(notif_seen[i] - notif_written[i])
-            hops["readable->worker produce"].append(written[rid] - notif_seen[i])
-            hops["worker produce->read"].append(first_seen[rid] - written[rid])
+            splits = (notif_written[i] - published[i], notif_seen[i] - notif_written[i],
+                      written[rid] - notif_seen[i], first_seen[rid] - written[rid])
+            for name, value in zip(hops, splits):
+                hops[name].append(value)
+            trace.append({"published_s": round(published[i] - published[0], 4),
+                          "e2e_ms": round((first_seen[rid] - published[i]) * 1000, 2),
+                          **{name: round(v * 1000, 2) for name, v in zip(hops, splits)}})
     # The worst e2e latency per second of publishing: a stall shows as a run of high seconds.
     worst: dict[int, float] = {}
     for rid, i in expected.items():
@@ -649,7 +654,7 @@ def run_phase(pipeline: Pipeline, rate: float, seconds: float, seed: int, start:
         "notifications_expected": valid, "notifications_seen": len(notif_seen),
         "e2e": percentiles(e2e), "shovel_only": percentiles(shovel_only),
         "hops": {name: percentiles(values) for name, values in hops.items()},
-        "warmup_excluded_s": warmup_s,
+        "warmup_excluded_s": warmup_s, "trace": trace,
         "worst_ms_by_second": [round(worst.get(k, 0.0) * 1000) for k in range(max(worst) + 1)]
         if worst else [],
     }
@@ -675,6 +680,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                                DEFAULT_RABBIT))
     parser.add_argument("--bootstrap", default=os.environ.get("TROVEMETER_KAFKA_BOOTSTRAP",
                                                               DEFAULT_BOOTSTRAP))
+    parser.add_argument("--trace", type=Path,
+                        help="write every measured record's publish time and hops (ms) as JSON "
+                        "lines to this file")
     args = parser.parse_args(argv)
     rates = [int(float(x)) for x in args.rates.split(",") if x.strip()]
     if args.drain_timeout is None:
@@ -698,7 +706,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for k, rate in enumerate(rates):
                 phase = run_phase(pipeline, rate, args.seconds, args.seed + k, start,
                                   args.drain_timeout, hours=args.hours)
+                trace = phase.pop("trace")
                 phases.append(phase)
+                if args.trace is not None:
+                    with args.trace.open("a") as out:
+                        out.writelines(json.dumps({"rate": rate, **row}) + "\n" for row in trace)
                 e2e, base = phase["e2e"], phase["shovel_only"]
                 print(f"latency at {rate:,}/s: e2e {e2e} shovel-only {base} complete "
                       f"{phase['complete']} ({phase['records_seen']}/{phase['expected_records']})",
