@@ -110,14 +110,16 @@ from trovemeter.accrual import (
     AccrualPolicy,
     MeteredResource,
     Step,
+    UsageFields,
     advance,
+    advance_fields,
     apply,
     from_json_value,
     from_us,
     to_row,
     to_us,
 )
-from trovemeter.codec import encode, header_for
+from trovemeter.codec import encode, header_for, usage_encoder
 from trovemeter.model import Notification, Phase, UsageDiscrepancy, UsageRecord
 from trovemeter.usage_ledger import TenantLedger, line_of
 
@@ -126,6 +128,7 @@ log = logging.getLogger("trovemeter.streams")
 RECORD_ID_HEADER = "trovemeter.record_id"
 USAGE_HEADER = header_for(UsageRecord)
 DISCREPANCY_HEADER = header_for(UsageDiscrepancy)
+_encode_usage = usage_encoder()
 # Starts and errors never carry billing facts (accrual: facts come from ends and usage
 # notifications); exists audits are point events, named here as well to be safe.
 _NO_FACTS = frozenset({Phase.START, Phase.ERROR})
@@ -324,7 +327,7 @@ class UsageMeter:
             if state is not None:
                 try:
                     self._commit(partition, key, state,
-                                 advance(state, job.watermark, self.policy))
+                                 advance_fields(state, job.watermark, self.policy))
                 except Exception:  # noqa: BLE001 - one bad state must not stop every sweep
                     self.stats["sweep_errors"] += 1
                     log.exception("usage: sweep of %s (partition %d) failed", key, partition)
@@ -350,7 +353,7 @@ class UsageMeter:
                   state: MeteredResource) -> MeteredResource | None:
         """``state`` advanced to the pending sweep's watermark, as if the sweep had reached
         it before this event (a no-op for a key it has reached)."""
-        step = advance(state, self._pending[partition].watermark, self.policy)
+        step = advance_fields(state, self._pending[partition].watermark, self.policy)
         if step.state is state:
             return state
         self.stats["caught_up"] += 1
@@ -404,7 +407,7 @@ class UsageMeter:
             self.stats["discrepancies"] += 1
 
     def _emit(self, partition: int, before: MeteredResource | None,
-              records: tuple[UsageRecord, ...]) -> None:
+              records: tuple[UsageRecord, ...] | tuple[UsageFields, ...]) -> None:
         emitted_through = None if before is None else before.emitted_through
         previous: dict[int, dict[str, float]] = {}  # corrected hour -> record id -> quantity
         ledger_tenant = ledger_key = ledger = None
@@ -417,7 +420,9 @@ class UsageMeter:
         for record in records:
             record_id = record.record_id
             key_bytes = record_id.encode()
-            emit(topic, encode(record), key_bytes, headers=[header, (RECORD_ID_HEADER, key_bytes)])
+            # The sweep's records come as their fields (``advance_fields``), the rest as records.
+            value = _encode_usage(record) if type(record) is UsageFields else encode(record)
+            emit(topic, value, key_bytes, headers=[header, (RECORD_ID_HEADER, key_bytes)])
             if record.window_start is not window:
                 window = record.window_start
                 hour = to_us(window)

@@ -78,7 +78,7 @@ from __future__ import annotations
 import functools
 import json
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
@@ -229,11 +229,38 @@ class RecordKey(NamedTuple):
     flavor_id: str  # "" for meters not split by flavor
 
 
+class UsageFields(NamedTuple):
+    """A usage record as its field values in order, ``resource_metadata`` left out (empty):
+    ``UsageRecord(*fields)`` is the record, ``codec.usage_encoder()(fields)`` its bytes. What
+    ``advance_fields`` gives: the worker's sweep only encodes and totals its records, and a
+    record's construction cost as much as encoding it."""
+
+    record_id: str
+    version: int
+    tenant_id: str
+    resource_type: ResourceType
+    resource_id: str
+    meter: str
+    meter_type: MeterType
+    unit: str
+    quantity: float
+    window_start: datetime
+    window_end: datetime
+    derived_from: list[str]
+    user_id: str | None
+    flavor_id: str | None
+    flavor_name: str | None
+    size_gb: float | None
+
+
+_new_fields = functools.partial(tuple.__new__, UsageFields)  # NamedTuple's __new__, no call
+
+
 class Step(NamedTuple):
-    """What ``apply`` and ``advance`` return."""
+    """What ``apply`` and ``advance`` return (``advance_fields``: records as ``UsageFields``)."""
 
     state: MeteredResource | None  # None: finished, delete the table key
-    records: tuple[UsageRecord, ...] = ()
+    records: tuple[UsageRecord, ...] | tuple[UsageFields, ...] = ()
     discrepancies: tuple[UsageDiscrepancy, ...] = ()
 
 
@@ -284,13 +311,24 @@ def apply(state: MeteredResource | None, notification: Notification, watermark: 
 def advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy) -> Step:
     """Emit every hour that closed since the last call (hours without events included), verify
     the audits ending in them, and forget what fell out of the correction retention."""
+    return _advance(state, watermark, policy, _record)
+
+
+def advance_fields(state: MeteredResource, watermark: datetime, policy: AccrualPolicy) -> Step:
+    """``advance`` with each record as its ``UsageFields`` (``UsageRecord(*fields)`` is the
+    record ``advance`` gives)."""
+    return _advance(state, watermark, policy, _record_fields)
+
+
+def _advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy,
+             make: Callable[[MeteredResource, RecordKey, _Usage, int], Any]) -> Step:
     closed_through = _closed_through(to_us(watermark), policy)
     emitted_through = state.emitted_through
     if emitted_through is not None and closed_through <= emitted_through:
         return Step(state)
     # A new resource starts within the retention; a known one resumes where it stopped.
     first = closed_through - policy.retention_us if emitted_through is None else emitted_through
-    records: list[UsageRecord] = []
+    records: list[Any] = []
     discrepancies: list[UsageDiscrepancy] = []
     # A sweep closes one hour: trying it costs less than finding the hours with usage, and an
     # hour without any gives no record.
@@ -298,7 +336,7 @@ def advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy) 
         else _windows_with_usage(state, first, closed_through)
     for window_start in windows:
         for key, usage in _window_usage(state, window_start).items():
-            records.append(_record(state, key, usage, 1))
+            records.append(make(state, key, usage, 1))
         for audit in state.audits:
             if audit.window_start == window_start:
                 found = _verify(state, audit, policy)
@@ -753,6 +791,12 @@ def _size_hour(text: str) -> Fraction:
 def _record(state: MeteredResource, key: RecordKey, usage: _Usage | None, version: int,
             previous: _Usage | None = None) -> UsageRecord:
     """The record for ``key``; ``usage`` None re-emits ``previous`` with quantity 0."""
+    return UsageRecord(*_record_fields(state, key, usage, version, previous))
+
+
+def _record_fields(state: MeteredResource, key: RecordKey, usage: _Usage | None, version: int,
+                   previous: _Usage | None = None) -> UsageFields:
+    """``_record``'s field values."""
     content = usage if usage is not None else previous._replace(  # type: ignore[union-attr]
         quantity=Fraction(0))
     meter = key.meter
@@ -760,13 +804,13 @@ def _record(state: MeteredResource, key: RecordKey, usage: _Usage | None, versio
     window_start, window_end, _ = _window(key.window_start)
     quantity, size_gb = content.quantity, content.size_gb
     # Positional, in the fields' order: ~3 records per resource and hour.
-    return UsageRecord(
+    return _new_fields((
         record_id(key, state.resource_type, state.resource_id), version, key.tenant_id,
         state.resource_type, state.resource_id, meter, meter_type, unit,
         quantity.numerator / quantity.denominator,  # float(quantity), as Fraction computes it
         window_start, window_end, list(content.derived_from), content.user_id,
         (key.flavor_id or None) if meter == INSTANCE_SECONDS else None,
-        content.flavor_name, None if size_gb is None else float(_size(size_gb)))
+        content.flavor_name, None if size_gb is None else float(_size(size_gb))))
 
 
 def _corrections(before: MeteredResource, after: MeteredResource, affected_from: int,

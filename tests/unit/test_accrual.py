@@ -27,6 +27,7 @@ from trovemeter.accrual import (
     MeteredResource,
     Step,
     advance,
+    advance_fields,
     apply,
     decode_state,
     encode_state,
@@ -35,6 +36,7 @@ from trovemeter.accrual import (
     verify_exists,
 )
 from trovemeter.accrual import _alive, _merge_change, _one_piece_usage, _pieced_usage
+from trovemeter.codec import encode, usage_encoder
 from trovemeter.model import (
     DiscrepancyCause,
     Notification,
@@ -45,6 +47,7 @@ from trovemeter.model import (
 )
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
+encode_usage = usage_encoder()
 HOUR = timedelta(hours=1)
 FLAVOR_NAMES = {"1": "m1.tiny", "2": "m1.small", "3": "m1.medium"}
 ROOMY = AccrualPolicy(allowed_lateness=timedelta(minutes=10),
@@ -127,7 +130,13 @@ def run(notifications: list[Notification], policy: AccrualPolicy = ROOMY,
         for key in list(states):
             state = load(key)
             assert state is not None
-            collect(key, advance(state, until, policy))
+            step = advance(state, until, policy)
+            # The worker's sweep takes the records as their fields, encoded without them.
+            fields = advance_fields(state, until, policy)
+            assert [UsageRecord(*f) for f in fields.records] == list(step.records)
+            assert [encode_usage(f) for f in fields.records] == [encode(r) for r in step.records]
+            assert (fields.state, fields.discrepancies) == (step.state, step.discrepancies)
+            collect(key, step)
 
     swept_hour = None
     for notification in notifications:
