@@ -141,7 +141,6 @@ from trovemeter.accrual import (
     apply,
     from_json_value,
     from_us,
-    swept_to,
     to_row,
     to_us,
 )
@@ -160,10 +159,12 @@ _encode_usage = usage_encoder()
 _NO_FACTS = frozenset({Phase.START, Phase.ERROR})
 
 
-def load_state(raw: bytes) -> MeteredResource:
+def load_state(raw: bytes, swept_through: int | None = None,
+               policy: AccrualPolicy | None = None) -> MeteredResource:
     """``accrual.decode_state`` with orjson (several times faster than json, same JSON): the
-    row form, or the older ``to_dict`` form a changelog may still hold."""
-    return from_json_value(orjson.loads(raw))
+    row form, or the older ``to_dict`` form a changelog may still hold; ``swept_through``: as
+    ``accrual.swept_to`` gives it."""
+    return from_json_value(orjson.loads(raw), swept_through, policy)
 
 
 def dump_state(state: MeteredResource) -> bytes:
@@ -434,11 +435,10 @@ class UsageMeter:
     def _load(self, partition: int | None, key: str, raw: bytes) -> MeteredResource | None:
         """The state of ``key`` as its last sweep left it (``_swept_through``)."""
         try:
-            state = load_state(raw)
+            return load_state(raw, self._swept_through(partition, key), self.policy)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("usage: state of %s unreadable, starting over: %s", key, exc)
             return None
-        return swept_to(state, self._swept_through(partition, key), self.policy)
 
     def _swept_through(self, partition: int | None, key: str) -> int | None:
         """How far the sweeps emitted ``key``'s hours without writing its state: the pending

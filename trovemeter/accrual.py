@@ -1024,10 +1024,22 @@ def to_row(state: MeteredResource) -> list[Any]:
     return row
 
 
-def from_row(row: list[Any]) -> MeteredResource:
+def from_row(row: list[Any], swept_through: int | None = None,
+             policy: AccrualPolicy | None = None) -> MeteredResource:
+    """``to_row``'s state; with ``swept_through``: ``swept_to(state, swept_through, policy)``
+    without a second copy (the worker reads every state so)."""
     values = row + [None] * (len(_ROW_FIELDS) - len(row))
     (kind, resource_id, tenant, user, start, end, flavors, sizes, names, audits, launch,
      delete, through, versions) = values
+    if swept_through is not None and (through is None or through < swept_through):
+        assert policy is not None, "swept_through needs the policy (its retention)"
+        through = swept_through
+        frozen_before = swept_through - policy.retention_us
+        # ``Audit.window_start`` and ``RecordKey.window_start`` of the row's lists.
+        if audits:
+            audits = [a for a in audits if _hour_floor(a[0] - 1) >= frozen_before]
+        if versions:
+            versions = [kv for kv in versions if kv[2] >= frozen_before]
     start_id = start[2] if start else None
     same = _SAME_AS_START
     # The message ids written out rather than through a helper: every sweep loads every state.
@@ -1047,9 +1059,14 @@ def from_row(row: list[Any]) -> MeteredResource:
     )
 
 
-def from_json_value(data: Any) -> MeteredResource:
-    """A state as JSON gave it: the row form, or ``to_dict``'s (written before the row form)."""
-    return from_row(data) if isinstance(data, list) else from_dict(data)
+def from_json_value(data: Any, swept_through: int | None = None,
+                    policy: AccrualPolicy | None = None) -> MeteredResource:
+    """A state as JSON gave it: the row form, or ``to_dict``'s (written before the row form);
+    ``swept_through``: as ``swept_to`` gives it."""
+    if isinstance(data, list):
+        return from_row(data, swept_through, policy)
+    state = from_dict(data)
+    return state if swept_through is None else swept_to(state, swept_through, policy)
 
 
 def encode_state(state: MeteredResource) -> bytes:
