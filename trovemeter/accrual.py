@@ -233,8 +233,8 @@ class RecordKey(NamedTuple):
 class UsageFields(NamedTuple):
     """A usage record as its field values in order, ``resource_metadata`` left out (empty):
     ``UsageRecord(*fields)`` is the record, ``codec.usage_encoder()(fields)`` its bytes. What
-    ``advance_fields`` gives: the worker's sweep only encodes and totals its records, and a
-    record's construction cost as much as encoding it."""
+    ``advance_fields`` gives: the worker's sweep only encodes and totals its records (~3 per
+    resource and hour), and building each (~1.8 us) cost two thirds of encoding it."""
 
     record_id: str
     version: int

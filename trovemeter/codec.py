@@ -521,8 +521,8 @@ def _compiled_writer(name: str, writers: list[_FieldWriter]) -> Callable[[Sequen
 # records share the tenant, type and id objects, an hour's records the window's datetimes, and
 # the meter, its type and unit come from a few constants: those three segments are written once
 # and their bytes reused while the *same objects* come again (an identity test: the bytes of a
-# value seen before can never be stale). With the record's construction left out as well
-# (``encode_usage``), ~9 us per record became ~3.
+# value seen before can never be stale): ~3.8 -> ~2.7 us a record; from its field values
+# (``usage_encoder``, no record built) ~6 -> ~2.8 us (timeit).
 
 USAGE_FIELDS = ("record_id", "version", "tenant_id", "resource_type", "resource_id", "meter",
                 "meter_type", "unit", "quantity", "window_start", "window_end", "derived_from",
