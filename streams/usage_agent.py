@@ -12,7 +12,7 @@ Tables (``streams/tables.py``, written through the outbox with explicit partitio
 | table | key | value |
 |---|---|---|
 | ``metering`` | resource id (instances, backups) | ``MeteredResource`` as compact JSON bytes (``accrual.to_row``: the same JSON as ``encode_state``) |
-| ``usage_clock`` | source partition (``"0"``, ``"1"``, ...) | the partition's watermark, microseconds since the epoch |
+| ``usage_clock`` | source partition (``"0"``, ``"1"``, ...); ``<partition>/swept`` | the partition's watermark, microseconds since the epoch; its sweep mark (below) |
 | ``usage_ledger`` | ``<tenant id>|<source partition>`` | hourly totals of the latest record versions per meter and flavor, the last ``usage_view_hours`` hours |
 
 Values are kept as bytes (~0.3 KB per live instance; the decoded object is ~5x larger), decoded
@@ -57,6 +57,31 @@ sweep runs to the end inside the event, as before.
   the partition's keys may be partly swept: the first sight of the partition sweeps it again.
 - Rebalances: a revoked partition's pending sweep is dropped and the partition counts as not
   seen, so the first event or tick after the assignment sweeps it again.
+
+The sweep mark
+--------------
+A sweep changes a state only to move its ``emitted_through`` (and to drop the audits and
+versions of hours that froze, which nothing reads again): writing every state back cost a
+changelog record and a JSON dump per resource and hour. So a state the sweep only advances is
+not written; once the partition's sweep has gone through every key without an error, its hour
+is staged as the partition's *mark* (``usage_clock`` key ``<partition>/swept``): every state of
+the partition was emitted through it. Every reader takes a state as ``accrual.swept_to(state,
+mark)`` -- what the sweep would have written (``_load``); a key the pending sweep has reached
+reads as that sweep's hour (``_Sweep.reached``, in memory until the mark is staged). A state
+written for any other reason (an event) is written as ``swept_to`` gave it, so it carries the
+mark itself, and finished states are still deleted by the sweep.
+
+- Durability: the mark is staged after the sweep's outputs, so the outbox writes it only once
+  they are confirmed. A crash before that re-reads from the first event not acknowledged, and
+  the first sight of the partition sweeps it again *before* that event (``handle``) from the
+  older mark: the same records again (version 1, same content), then the event as the first
+  time (a late fact corrects the hour: version 2). tests/unit/test_usage_agent.py crashes the
+  worker at random points, with sweeps whole and in slices, and compares the records and
+  states with a run without crashes.
+- A key whose ``advance`` failed leaves the mark where it was: the next sweep emits its hours
+  (and the other keys' last hour again, the same records).
+- A revoked partition's pending sweep is dropped with what it reached: the next first sight
+  sweeps those keys again (the same records).
 
 Writes to other keys than the event's during the sweep are safe because every write names its
 partition explicitly (``StagedTable.put(partition, ...)``, the outbox); Faust's own table
@@ -110,14 +135,16 @@ from trovemeter.accrual import (
     AccrualPolicy,
     MeteredResource,
     Step,
+    UsageFields,
     advance,
+    advance_fields,
     apply,
     from_json_value,
     from_us,
     to_row,
     to_us,
 )
-from trovemeter.codec import encode, header_for
+from trovemeter.codec import encode, header_for, usage_encoder
 from trovemeter.model import Notification, Phase, UsageDiscrepancy, UsageRecord
 from trovemeter.usage_ledger import TenantLedger, line_of
 
@@ -126,15 +153,18 @@ log = logging.getLogger("trovemeter.streams")
 RECORD_ID_HEADER = "trovemeter.record_id"
 USAGE_HEADER = header_for(UsageRecord)
 DISCREPANCY_HEADER = header_for(UsageDiscrepancy)
+_encode_usage = usage_encoder()
 # Starts and errors never carry billing facts (accrual: facts come from ends and usage
 # notifications); exists audits are point events, named here as well to be safe.
 _NO_FACTS = frozenset({Phase.START, Phase.ERROR})
 
 
-def load_state(raw: bytes) -> MeteredResource:
+def load_state(raw: bytes, swept_through: int | None = None,
+               policy: AccrualPolicy | None = None) -> MeteredResource:
     """``accrual.decode_state`` with orjson (several times faster than json, same JSON): the
-    row form, or the older ``to_dict`` form a changelog may still hold."""
-    return from_json_value(orjson.loads(raw))
+    row form, or the older ``to_dict`` form a changelog may still hold; ``swept_through``: as
+    ``accrual.swept_to`` gives it."""
+    return from_json_value(orjson.loads(raw), swept_through, policy)
 
 
 def dump_state(state: MeteredResource) -> bytes:
@@ -146,6 +176,11 @@ def dump_state(state: MeteredResource) -> bytes:
 
 def hour_floor(us: int) -> int:
     return us - us % HOUR_US
+
+
+def mark_key(partition: int) -> str:
+    """``usage_clock``'s key of ``partition``'s sweep mark."""
+    return f"{partition}/swept"
 
 
 def records_between(state: MeteredResource, start_us: int, end_us: int,
@@ -163,12 +198,19 @@ def records_between(state: MeteredResource, start_us: int, end_us: int,
 class _Sweep:
     """A partition's sweep in progress (see "The sweep in slices")."""
 
-    __slots__ = ("watermark", "keys", "since", "count", "work", "slices", "started")
+    __slots__ = ("watermark", "closed", "keys", "since", "count", "work", "slices", "started",
+                 "reached", "errors")
 
-    def __init__(self, watermark: datetime, keys: Iterator[str], since: int | None,
+    def __init__(self, watermark: datetime, closed: int, keys: Iterator[str], since: int | None,
                  earlier: _Sweep | None) -> None:
         self.watermark = watermark
+        self.closed = closed  # every hour before this is closed at ``watermark``
         self.keys = keys
+        # Keys advanced (to ``closed``, or to an earlier sweep's hour that this one replaces)
+        # whose states were not written: "The sweep mark".
+        self.reached: dict[str, int] = {} if earlier is None else earlier.reached
+        # Keys whose ``advance`` failed (those of an earlier sweep are tried again here).
+        self.errors = 0
         # Hours before ``since`` were closed for every key when this sweep began (None: not
         # known, a first sight). What an earlier sweep it replaces had done counts here too:
         # one sweep, one log line.
@@ -192,6 +234,7 @@ class UsageMeter:
         self._lateness = policy.lateness_us
         self._watermarks: dict[int, int] = {}  # partition -> watermark (us), cached
         self._swept: dict[int, int] = {}  # partition -> closed_through of its last sweep
+        self._marks: dict[int, int | None] = {}  # partition -> its sweep mark, cached
         self._last_event: dict[int, float] = {}  # partition -> time.monotonic() of last event
         self._waiting: set[int] = set()  # partitions a tick found busy
         self._tenants: dict[str, set[str]] | None = None  # tenant -> resource ids (lazy)
@@ -205,12 +248,18 @@ class UsageMeter:
     # ------------------------------------------------------------- per notification
     def handle(self, n: Notification, raw: bytes, partition: int) -> None:
         self._last_event[partition] = time.monotonic()
+        if partition not in self._swept:
+            # First sight (start-up, rebalance): the sweep a crash may have cut short goes
+            # first, as it went before this event the first time (see "The sweep mark").
+            current = self._watermark(partition)
+            if current is not None:
+                self._maybe_sweep(partition, current)
         watermark = self._observe(partition, to_us(source_clock.capped(n.occurred_at)))
         rid = n.resource_id
         if rid and n.resource_type in METERED_TYPES and (
                 n.phase not in _NO_FACTS or n.operation == "exists"):
             raw_state = metering.get(rid)
-            state = None if raw_state is None else self._load(rid, raw_state)
+            state = None if raw_state is None else self._load(partition, rid, raw_state)
             if state is not None and partition in self._pending:
                 state = self._catch_up(partition, rid, state)
             try:
@@ -298,7 +347,8 @@ class UsageMeter:
         """``advance`` every key of ``partition`` to ``watermark``: in slices when
         ``run_sweeps`` runs, else now (see "The sweep in slices")."""
         earlier = self._pending.pop(partition, None)
-        job = _Sweep(watermark, self._keys_of(partition), since, earlier)
+        job = _Sweep(watermark, hour_floor(to_us(watermark) - self._lateness),
+                     self._keys_of(partition), since, earlier)
         self._pending[partition] = job
         if self._wake is None:
             while partition in self._pending:
@@ -320,13 +370,14 @@ class UsageMeter:
         done = True
         for key in job.keys:
             raw = metering.get(key)
-            state = None if raw is None else self._load(key, raw)
+            state = None if raw is None else self._load(partition, key, raw)
             if state is not None:
                 try:
                     self._commit(partition, key, state,
-                                 advance(state, job.watermark, self.policy))
+                                 advance_fields(state, job.watermark, self.policy), job)
                 except Exception:  # noqa: BLE001 - one bad state must not stop every sweep
                     self.stats["sweep_errors"] += 1
+                    job.errors += 1
                     log.exception("usage: sweep of %s (partition %d) failed", key, partition)
                 job.count += 1
             if time.perf_counter() >= deadline:
@@ -341,6 +392,9 @@ class UsageMeter:
             return
         self.stats["sweeps"] += 1
         self.stats["swept_keys"] += job.count
+        if not job.errors:  # a key not advanced keeps the mark where it is (it is swept again)
+            self._marks[partition] = job.closed
+            usage_clock.put(partition, mark_key(partition), job.closed)
         if job.count:
             log.info("usage: partition %d swept to %s: %d keys in %.2fs (%.1f ms of work in "
                      "%d slices)", partition, job.watermark.isoformat(), job.count,
@@ -350,11 +404,12 @@ class UsageMeter:
                   state: MeteredResource) -> MeteredResource | None:
         """``state`` advanced to the pending sweep's watermark, as if the sweep had reached
         it before this event (a no-op for a key it has reached)."""
-        step = advance(state, self._pending[partition].watermark, self.policy)
+        job = self._pending[partition]
+        step = advance_fields(state, job.watermark, self.policy)
         if step.state is state:
             return state
         self.stats["caught_up"] += 1
-        self._commit(partition, key, state, step)
+        self._commit(partition, key, state, step, job)
         return step.state
 
     async def run_sweeps(self, slice_seconds: float) -> None:
@@ -377,19 +432,40 @@ class UsageMeter:
         return sorted(self._pending)
 
     # ------------------------------------------------------------- effects
-    def _load(self, key: str, raw: bytes) -> MeteredResource | None:
+    def _load(self, partition: int | None, key: str, raw: bytes) -> MeteredResource | None:
+        """The state of ``key`` as its last sweep left it (``_swept_through``)."""
         try:
-            return load_state(raw)
+            return load_state(raw, self._swept_through(partition, key), self.policy)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("usage: state of %s unreadable, starting over: %s", key, exc)
             return None
 
+    def _swept_through(self, partition: int | None, key: str) -> int | None:
+        """How far the sweeps emitted ``key``'s hours without writing its state: the pending
+        sweep's hour if it reached the key, else the partition's mark (None: no more than the
+        state says)."""
+        if partition is None or metering.partition_of(key) != partition:
+            return None  # not a key the sweeps of ``partition`` went through
+        job = self._pending.get(partition)
+        if job is not None:
+            reached = job.reached.get(key)
+            if reached is not None:
+                return reached
+        if partition not in self._marks:
+            self._marks[partition] = usage_clock.get(mark_key(partition))
+        return self._marks[partition]
+
     def _commit(self, partition: int, key: str, state: MeteredResource | None,
-                step: Step) -> None:
+                step: Step, sweep: _Sweep | None = None) -> None:
+        """Write what ``step`` changed and emit its outputs; ``sweep``: ``step`` is ``advance``
+        within that sweep, and a state it only advanced is not written ("The sweep mark")."""
         new = step.state
         if new is None:
             if state is not None:
                 metering.delete(partition, key)
+        elif sweep is not None:
+            if new is not state:
+                sweep.reached[key] = sweep.closed
         elif new is not state:
             metering.put(partition, key, dump_state(new))
             if self._tenants is not None and new.tenant_id and (
@@ -404,7 +480,7 @@ class UsageMeter:
             self.stats["discrepancies"] += 1
 
     def _emit(self, partition: int, before: MeteredResource | None,
-              records: tuple[UsageRecord, ...]) -> None:
+              records: tuple[UsageRecord, ...] | tuple[UsageFields, ...]) -> None:
         emitted_through = None if before is None else before.emitted_through
         previous: dict[int, dict[str, float]] = {}  # corrected hour -> record id -> quantity
         ledger_tenant = ledger_key = ledger = None
@@ -417,7 +493,9 @@ class UsageMeter:
         for record in records:
             record_id = record.record_id
             key_bytes = record_id.encode()
-            emit(topic, encode(record), key_bytes, headers=[header, (RECORD_ID_HEADER, key_bytes)])
+            # The sweep's records come as their fields (``advance_fields``), the rest as records.
+            value = _encode_usage(record) if type(record) is UsageFields else encode(record)
+            emit(topic, value, key_bytes, headers=[header, (RECORD_ID_HEADER, key_bytes)])
             if record.window_start is not window:
                 window = record.window_start
                 hour = to_us(window)
@@ -469,14 +547,14 @@ class UsageMeter:
         if self._tenants is None:
             index: dict[str, set[str]] = {}
             for key, raw in metering.local_items():
-                state = self._load(key, raw)
+                state = self._load(metering.partition_of(key), key, raw)
                 tenant = state.tenant_id if state is not None else None
                 if tenant:
                     index.setdefault(tenant, set()).add(key)
             self._tenants = index
         for key in sorted(self._tenants.get(tenant_id, ())):
             raw = metering.get(key)
-            state = None if raw is None else self._load(key, raw)
+            state = None if raw is None else self._load(metering.partition_of(key), key, raw)
             if state is not None and state.tenant_id == tenant_id:
                 yield key, state
 
@@ -489,7 +567,7 @@ class UsageMeter:
     # ------------------------------------------------------------- rebalances
     def forget(self, partitions: Iterable[int] | None = None) -> None:
         """Partitions that left this worker (None: all): their cached clock and sweep marks."""
-        for cache in (self._watermarks, self._swept, self._last_event):
+        for cache in (self._watermarks, self._swept, self._last_event, self._marks):
             if partitions is None:
                 cache.clear()
             else:

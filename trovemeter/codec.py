@@ -485,6 +485,9 @@ def _direct_writer(parsed: dict[str, Any],
         if writer is None:
             return None
         writers.append(writer)
+    if parsed["name"] == "trovemeter.UsageRecord" and \
+            tuple(field["name"] for field in parsed["fields"]) == USAGE_FIELDS:
+        return _usage_writer(writers)
     return _compiled_writer(parsed["name"], writers)
 
 
@@ -511,6 +514,79 @@ def _compiled_writer(name: str, writers: list[_FieldWriter]) -> Callable[[Sequen
     # writers come in through the scope.
     exec(compile(source, f"<direct writer for {name}>", "exec"), scope)  # noqa: S102
     return scope["write_fields"]
+
+
+# --- UsageRecord: the segments that repeat across a sweep's records ------------------------
+# The hourly sweep writes ~3 usage records per resource (300k for 100k instances). A resource's
+# records share the tenant, type and id objects, an hour's records the window's datetimes, and
+# the meter, its type and unit come from a few constants: those three segments are written once
+# and their bytes reused while the *same objects* come again (an identity test: the bytes of a
+# value seen before can never be stale): ~3.8 -> ~2.7 us a record; from its field values
+# (``usage_encoder``, no record built) ~6 -> ~2.8 us (timeit).
+
+USAGE_FIELDS = ("record_id", "version", "tenant_id", "resource_type", "resource_id", "meter",
+                "meter_type", "unit", "quantity", "window_start", "window_end", "derived_from",
+                "user_id", "flavor_id", "flavor_name", "size_gb", "resource_metadata")
+_EMPTY_MAP = b"\x00"  # an empty map: no block, the end marker
+
+
+def _usage_writer(writers: list[_FieldWriter]) -> Callable[[Sequence[Any]], bytes]:
+    """``write_fields`` of UsageRecord (``USAGE_FIELDS``); also takes the first 16 values
+    alone, ``resource_metadata`` then written empty."""
+    (w_id, w_version, w_tenant, w_type, w_resource, w_meter, w_meter_type, w_unit, w_quantity,
+     w_start, w_end, w_derived, w_user, w_flavor, w_flavor_name, w_size, w_metadata) = writers
+    owner: list[Any] = [None, None, None, b""]  # tenant, type, resource id; their bytes
+    window: list[Any] = [None, None, b""]  # start, end; their bytes
+    meters: dict[Any, tuple[Any, Any, Any, bytes]] = {}  # meter -> (meter, type, unit, bytes)
+
+    def write_fields(values: Sequence[Any]) -> bytes:
+        count = len(values)
+        metadata: Any = None
+        if count == 16:
+            (record_id, version, tenant, resource_type, resource_id, meter, meter_type, unit,
+             quantity, start, end, derived_from, user_id, flavor_id, flavor_name,
+             size_gb) = values
+        elif count == 17:
+            (record_id, version, tenant, resource_type, resource_id, meter, meter_type, unit,
+             quantity, start, end, derived_from, user_id, flavor_id, flavor_name, size_gb,
+             metadata) = values
+        else:
+            raise CodecError(f"cannot encode trovemeter.UsageRecord: {count} values for 17 "
+                             "fields")
+        try:
+            if tenant is not owner[0] or resource_type is not owner[1] or \
+                    resource_id is not owner[2]:
+                owner[:] = (tenant, resource_type, resource_id,
+                            w_tenant(tenant) + w_type(resource_type) + w_resource(resource_id))
+            cached = meters.get(meter) if type(meter) is str else None
+            if cached is None or cached[0] is not meter or cached[1] is not meter_type or \
+                    cached[2] is not unit:
+                cached = (meter, meter_type, unit,
+                          w_meter(meter) + w_meter_type(meter_type) + w_unit(unit))
+                if type(meter) is str and len(meters) < 64:  # a few meters exist
+                    meters[meter] = cached
+            if start is not window[0] or end is not window[1]:
+                window[:] = start, end, w_start(start) + w_end(end)
+            return b"".join((
+                w_id(record_id), w_version(version), owner[3], cached[3], w_quantity(quantity),
+                window[2], w_derived(derived_from), w_user(user_id), w_flavor(flavor_id),
+                w_flavor_name(flavor_name), w_size(size_gb),
+                _EMPTY_MAP if count == 16 else w_metadata(metadata)))
+        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
+            raise CodecError(f"cannot encode trovemeter.UsageRecord: {exc}") from exc
+
+    return write_fields
+
+
+def usage_encoder() -> Callable[[Sequence[Any]], bytes]:
+    """``encode(UsageRecord(*values))`` from the record's field values in order, without the
+    record; ``resource_metadata`` may be left out (empty). The worker's sweep encodes ~3 records
+    per resource this way (``accrual.advance_fields``)."""
+    entry = default_codec().entry_for(UsageRecord)
+    header, write_fields = entry.header, entry.write_fields
+    if write_fields is None:  # the schema changed beyond the direct writer: the record's way
+        return lambda values: encode(UsageRecord(*values))
+    return lambda values: header + write_fields(values)
 
 
 def _field_getter(model: type) -> Callable[[Any], Sequence[Any]]:

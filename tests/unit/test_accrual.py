@@ -7,7 +7,7 @@ import itertools
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
 from typing import Any
@@ -22,19 +22,32 @@ from trovemeter.accrual import (
     INSTANCE_SECONDS,
     VOLUME_GB_SECONDS,
     AccrualPolicy,
+    Audit,
     Change,
     Claim,
     MeteredResource,
     Step,
     advance,
+    advance_fields,
     apply,
     decode_state,
     encode_state,
+    from_json_value,
     latest_versions,
+    swept_to,
     to_dict,
+    to_row,
     verify_exists,
 )
-from trovemeter.accrual import _alive, _merge_change, _one_piece_usage, _pieced_usage
+from trovemeter.accrual import (
+    RecordKey,
+    _alive,
+    _forget_frozen,
+    _merge_change,
+    _one_piece_usage,
+    _pieced_usage,
+)
+from trovemeter.codec import encode, usage_encoder
 from trovemeter.model import (
     DiscrepancyCause,
     Notification,
@@ -45,6 +58,7 @@ from trovemeter.model import (
 )
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
+encode_usage = usage_encoder()
 HOUR = timedelta(hours=1)
 FLAVOR_NAMES = {"1": "m1.tiny", "2": "m1.small", "3": "m1.medium"}
 ROOMY = AccrualPolicy(allowed_lateness=timedelta(minutes=10),
@@ -127,7 +141,13 @@ def run(notifications: list[Notification], policy: AccrualPolicy = ROOMY,
         for key in list(states):
             state = load(key)
             assert state is not None
-            collect(key, advance(state, until, policy))
+            step = advance(state, until, policy)
+            # The worker's sweep takes the records as their fields, encoded without them.
+            fields = advance_fields(state, until, policy)
+            assert [UsageRecord(*f) for f in fields.records] == list(step.records)
+            assert [encode_usage(f) for f in fields.records] == [encode(r) for r in step.records]
+            assert (fields.state, fields.discrepancies) == (step.state, step.discrepancies)
+            collect(key, step)
 
     swept_hour = None
     for notification in notifications:
@@ -592,3 +612,36 @@ def test_the_one_piece_hour_gives_what_piecewise_integration_gives(
     if alive is not None and not any(alive[0] < c.at_us < alive[1] for c in state.flavors
                                      + state.sizes if c.at_us is not None):
         assert fast is not None  # every hour without a change while alive takes it
+
+
+@st.composite
+def swept_states(draw: st.DrawFn) -> MeteredResource:
+    """``metered_states`` with audits, corrected versions and an ``emitted_through``."""
+    state = draw(metered_states())
+    hours = st.integers(-8, 4).map(lambda h: h * 3_600_000_000)
+    audits = sorted({Audit(end, end - 3_600_000_000, draw(st.sampled_from([None, "1"])),
+                           draw(st.sampled_from(["m-a", "m-e"])))
+                     for end in draw(st.lists(st.one_of(hours, MOMENTS), max_size=4))},
+                    key=lambda a: (a.end_us, a.begin_us, a.flavor_id or "", a.message_id))
+    versions = sorted({(RecordKey("tenant-a", INSTANCE_SECONDS, hour, "1"),
+                        draw(st.integers(2, 4))) for hour in draw(st.lists(hours, max_size=3))})
+    return replace(state, audits=tuple(audits), versions=tuple(versions),
+                   emitted_through=draw(st.one_of(st.none(), hours)))
+
+
+# A short retention: the hours drawn above freeze and thaw.
+SWEPT = AccrualPolicy(correction_retention=timedelta(hours=2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(state=swept_states(), through=st.one_of(st.none(), st.integers(-8, 6).map(
+    lambda h: h * 3_600_000_000)))
+def test_a_state_read_as_swept_is_swept_to_of_the_state(
+        state: MeteredResource, through: int | None) -> None:
+    """The worker reads a state with its partition's sweep mark in one step (``from_row``);
+    ``swept_to`` says what that must give, and ``advance``'s own copy agrees with it."""
+    for row in (to_row(state), json.loads(json.dumps(to_dict(state)))):
+        assert from_json_value(row, through, SWEPT) == swept_to(state, through, SWEPT)
+    if through is not None and (state.emitted_through is None or through > state.emitted_through):
+        advanced = _forget_frozen(state, through, SWEPT)
+        assert advanced is None or advanced == swept_to(state, through, SWEPT)

@@ -30,6 +30,7 @@ from trovemeter.codec import (
     encode,
     header_for,
     serde_for,
+    usage_encoder,
 )
 from trovemeter.model import (
     AmqpProperties,
@@ -37,7 +38,9 @@ from trovemeter.model import (
     Notification,
     Phase,
     RejectReason,
+    MeterType,
     ResourceType,
+    UsageRecord,
 )
 from trovemeter.schema_agreement import model_problems
 from trovemeter.schemas_command import apache_canonical_form
@@ -132,6 +135,52 @@ def test_the_direct_writer_refuses_what_fastavro_refuses(field, value):
         encode(record)
     with pytest.raises(Exception):  # noqa: B017 - fastavro raises ValueError, TypeError, ...
         fastavro_bytes(entry, record)
+
+
+# A few objects of each kind, shared by the records drawn below: the usage writer reuses a
+# segment's bytes while the same objects come again, and must notice any of them changing.
+# The last one: a string equal to the first, another object.
+_SHARED_TEXTS = ["t-1", "t-2", "r-1", "instance.seconds", "s", "GB*s", "".join(["t-", "1"])]
+_SHARED_TIMES = [datetime(2026, 1, 1, h, tzinfo=UTC) for h in range(3)]
+
+
+@st.composite
+def usage_records_sharing_objects(draw: st.DrawFn) -> UsageRecord:
+    text = st.one_of(st.sampled_from(_SHARED_TEXTS), st.text(max_size=8))
+    return UsageRecord(
+        draw(text), draw(st.integers(1, 3)), draw(text), draw(st.sampled_from(list(ResourceType))),
+        draw(text), draw(text), draw(st.sampled_from(list(MeterType))), draw(text),
+        draw(st.floats(allow_nan=False)), draw(st.sampled_from(_SHARED_TIMES)),
+        draw(st.sampled_from(_SHARED_TIMES)), draw(st.one_of(text, st.lists(text, max_size=2))),
+        draw(st.one_of(st.none(), text)), draw(st.one_of(st.none(), text)),
+        draw(st.one_of(st.none(), text)), draw(st.one_of(st.none(), st.floats(allow_nan=False))),
+        draw(st.one_of(st.just({}), st.dictionaries(text, text, max_size=2))))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(usage_records_sharing_objects(), min_size=1, max_size=12))
+def test_usage_records_sharing_objects_take_fastavros_bytes(records):
+    entry = entry_named("trovemeter.UsageRecord")
+    fields = usage_encoder()
+    for record in records:
+        expected = fastavro_bytes(entry, record)
+        assert encode(record) == expected
+        values = entry.get_fields(record)
+        if not record.resource_metadata:
+            assert fields(values[:16]) == expected  # resource_metadata left out: empty
+
+
+def test_the_usage_writer_refuses_what_the_generic_writer_refuses():
+    record = UsageRecord("id", 1, "t", ResourceType.INSTANCE, "r", "m", MeterType.DELTA, "s",
+                         1.0, _SHARED_TIMES[0], _SHARED_TIMES[1], ["a"])
+    encode(record)  # its segments are cached now
+    for bad in (dataclasses.replace(record, meter_type="delta"),
+                dataclasses.replace(record, resource_type="instance"),
+                dataclasses.replace(record, tenant_id=None)):
+        with pytest.raises(CodecError):
+            encode(bad)
+    with pytest.raises(CodecError):
+        usage_encoder()(default_codec().entry_for(UsageRecord).get_fields(record)[:15])
 
 
 READ_DIRECT = [entry.full_name for entry in ENTRIES if entry.read_record is not None]

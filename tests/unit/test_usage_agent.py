@@ -11,20 +11,25 @@ quiet partitions only, the ledger behind the usage view and the view's answer.
 from __future__ import annotations
 
 import asyncio
+import functools
+import random
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams import usage_web
 from streams.agents import notifications, usage
-from streams.app import settings
-from streams.resource_agent import read_progress
-from streams.tables import metering, outbox, usage_clock, usage_ledger
-from streams.usage_agent import dump_state, load_state, records_between
+from streams.app import settings as worker_settings
+from streams.resource_agent import process, read_progress
+from streams.tables import STAGED_TABLES, metering, outbox, usage_clock, usage_ledger
+from streams.usage_agent import dump_state, load_state, mark_key, records_between
 from tests.unit.test_agents import (
     FakeProducer,
     Produced,
@@ -56,8 +61,8 @@ from trovemeter.usage_ledger import TenantLedger, line_of, merge_parts, to_us, v
 # Two days ago, on an hour: event time is capped near the wall clock.
 T0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
 HOUR = 3600
-USAGE = settings.usage_topic
-DISCREPANCIES = settings.usage_discrepancies_topic
+USAGE = worker_settings.usage_topic
+DISCREPANCIES = worker_settings.usage_discrepancies_topic
 
 
 def at(seconds: float) -> datetime:
@@ -151,7 +156,10 @@ def test_records_go_to_trove_usage_keyed_by_record_id_with_the_schema_header(
     raw = metering.get("inst-1")
     assert isinstance(raw, bytes) and metering.partition_of("inst-1") == 1
     assert decode_state(raw) == load_state(raw)
-    assert load_state(raw).emitted_through == to_us(at(HOUR))
+    # The sweep emitted the hour without writing the state: the partition's mark says so.
+    assert load_state(raw).emitted_through == to_us(at(0))
+    assert usage_clock.get(mark_key(1)) == to_us(at(HOUR))
+    assert usage._load(1, "inst-1", raw).emitted_through == to_us(at(HOUR))
     # The partition's watermark: the newest occurred_at, persisted per partition.
     assert usage_clock.get("1") == to_us(at(HOUR + 601))
     assert usage_clock.partition_of("1") == 1
@@ -237,7 +245,7 @@ def test_a_late_fact_corrects_with_the_next_version_and_the_ledger_keeps_the_lat
 
 def test_a_finished_resource_is_forgotten_after_the_correction_retention(
         producer: FakeProducer) -> None:
-    retention = settings.usage_correction_retention_hours
+    retention = worker_settings.usage_correction_retention_hours
 
     async def scenario() -> None:
         await feed_source(create_end("inst-d", 60), delete_end("inst-d", 1800), partition=3)
@@ -439,7 +447,7 @@ def _scenario_records(seed: int) -> list[tuple[int, bytes, bytes]]:
         except BadNotification:
             continue
         key = (n.kafka_key or "").encode()
-        partition = (murmur2(key) & 0x7FFFFFFF) % settings.topic_partitions
+        partition = (murmur2(key) & 0x7FFFFFFF) % worker_settings.topic_partitions
         placed.append((partition, key, encode(n)))
     return placed
 
@@ -560,3 +568,188 @@ def test_a_tick_sweeps_a_partition_first_seen_although_its_watermark_does_not_mo
 
     run(scenario)
     assert latest(producer)[("inst-q", INSTANCE_SECONDS, "2", T0)].quantity == 3000.0
+
+
+# ------------------------------------------------------------------ crashes and the sweep mark
+
+
+class _SlicesByHand:
+    """Stands in for ``run_sweeps``' wake-up event: sweeps stay pending, the test runs their
+    slices between events."""
+
+    def set(self) -> None:
+        pass
+
+
+def _recover(changelog: list[Produced]) -> None:
+    """The tables a restarted worker recovers: every changelog record written, in order."""
+    tables = {table.changelog_topic_name: table for table in STAGED_TABLES}
+    for table in STAGED_TABLES:
+        table._data.clear()
+        table._partition_of.clear()
+    for record in changelog:
+        table = tables[record.topic]
+        key = orjson.loads(record.key or b"null")
+        if record.value is None:
+            table._data.pop(key, None)
+            table._partition_of.pop(key, None)
+        else:
+            table._data[key] = record.value
+            table._partition_of[key] = record.partition
+
+
+def _run_crashing(placed: list[tuple[int, bytes, bytes]], crashes: set[int], every: int,
+                  slices: random.Random | None) -> tuple[list[Produced], dict[str, Any]]:
+    """Every record through the source agent's function, a checkpoint every ``every`` events;
+    after event number ``n`` in ``crashes`` the worker dies: what was not checkpointed is lost,
+    and a new worker recovers the changelogs and reads on from the first event not
+    acknowledged. ``slices``: sweeps run one key at a time, at random moments between events.
+    Returns every usage output produced, and the final metering states as the worker reads
+    them."""
+    changelogs = {table.changelog_topic_name for table in STAGED_TABLES}
+    outputs: list[Produced] = []
+    changelog: list[Produced] = []
+    fake = fresh_worker()
+    usage.forget()
+
+    def die() -> FakeProducer:
+        outputs.extend(r for r in fake.records if r.topic in (USAGE, DISCREPANCIES))
+        changelog.extend(r for r in fake.records if r.topic in changelogs and r.delivered)
+        new = fresh_worker()
+        _recover(changelog)
+        usage.forget()
+        return new
+
+    usage._wake = _SlicesByHand() if slices is not None else None  # type: ignore[assignment]
+    try:
+        position = acknowledged = 0
+        while position < len(placed):
+            partition, _, value = placed[position]
+            process(value, partition, position)
+            position += 1
+            while slices is not None and usage.pending_sweeps() and slices.random() < 0.7:
+                usage._sweep_slice(0.0)
+            if position % every == 0:
+                outbox.checkpoint_sync()
+                acknowledged = position
+            if position in crashes:
+                crashes = crashes - {position}
+                fake = die()
+                position = acknowledged
+        while usage.pending_sweeps():
+            usage._sweep_slice(float("inf"))
+        outbox.checkpoint_sync()
+    finally:
+        usage._wake = None
+    outputs.extend(r for r in fake.records if r.topic in (USAGE, DISCREPANCIES))
+    states = {key: usage._load(metering.partition_of(key), key, metering._data[key])
+              for key in metering._data}
+    return outputs, states
+
+
+def _versions(outputs: list[Produced]) -> dict[tuple[bytes | None, int], set[bytes | None]]:
+    """(record id, version) -> every value written for it (a discrepancy's version: 0)."""
+    seen: dict[tuple[bytes | None, int], set[bytes | None]] = {}
+    for r in outputs:
+        version = decode(r.value).version if r.topic == USAGE else 0
+        seen.setdefault((r.key, version), set()).add(r.value)
+    return seen
+
+
+def _latest(outputs: list[Produced]) -> dict[bytes | None, bytes | None]:
+    """What a consumer of the topics keeps: the highest version of each record id."""
+    return {key: max(values)[1] for key, values in _by_key(outputs).items()}
+
+
+def _by_key(outputs: list[Produced]) -> dict[bytes | None, set[tuple[int, bytes | None]]]:
+    found: dict[bytes | None, set[tuple[int, bytes | None]]] = {}
+    for r in outputs:
+        version = decode(r.value).version if r.topic == USAGE else 0
+        found.setdefault(r.key, set()).add((version, r.value))
+    return found
+
+
+_CRASH_SCENARIO = _scenario_records(seed=5)
+
+
+@functools.cache
+def _crash_reference() -> tuple[list[Produced], dict[str, Any]]:
+    """The scenario without crashes, each event checkpointed, every sweep whole."""
+    return _run_crashing(_CRASH_SCENARIO, set(), 1, None)
+
+
+@pytest.mark.parametrize("sliced", [False, True])
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crashes=st.sets(st.integers(1, len(_CRASH_SCENARIO)), max_size=3),
+       every=st.integers(1, 60), seed=st.integers(0, 2**16))
+def test_crashes_anywhere_give_the_records_and_states_of_a_run_without_any(
+        sliced: bool, crashes: set[int], every: int, seed: int) -> None:
+    """Whatever was durable when the worker died -- states written or only advanced by a sweep,
+    the partition's sweep mark or not -- the records written again after the restart are the
+    same records (same id, version and content), and nothing is missing at the end."""
+    reference, states = _crash_reference()
+    assert len(reference) > 500  # the day has usage
+    got, got_states = _run_crashing(_CRASH_SCENARIO, crashes, every,
+                                    random.Random(seed) if sliced else None)
+    versions = _versions(got)
+    assert all(len(values) == 1 for values in versions.values())  # one content per version
+    assert _latest(got) == _latest(reference)
+    assert got_states == states
+
+
+def test_a_restart_finishes_the_sweep_a_crash_cut_short_before_the_first_event() -> None:
+    """The event that closed the hour was acknowledged, its sweep emitted inst-b's hour, and
+    the worker died before inst-b's state (or the partition's mark) was durable. The late
+    resize read after the restart must correct that hour (version 2), not fold into a second,
+    different version 1 of it."""
+    placed = [(1, b"", encode(n)) for n in (
+        create_end("inst-a", 600), create_end("inst-b", 1200),
+        restart_start("inst-a", HOUR + 600),  # closes the hour: a sweep begins
+        resize_end("inst-b", 1800, "3"))]
+    fake = fresh_worker()
+    usage.forget()
+    usage._wake = _SlicesByHand()  # type: ignore[assignment]
+    try:
+        for offset, (partition, _, value) in enumerate(placed[:3]):
+            process(value, partition, offset)
+        outbox.checkpoint_sync()  # the three events are acknowledged; the sweep is pending
+        while usage.pending_sweeps():
+            usage._sweep_slice(0.0)
+        before = [r for r in fake.records if r.topic == USAGE]
+        changelog = [r for r in fake.records if r.delivered and r.topic in
+                     {table.changelog_topic_name for table in STAGED_TABLES}]
+        fake = fresh_worker()  # the crash: what was not checkpointed is lost
+        _recover(changelog)
+        usage.forget()
+        process(placed[3][2], 1, 3)
+        while usage.pending_sweeps():
+            usage._sweep_slice(0.0)
+    finally:
+        usage._wake = None
+    written = [decode(r.value) for r in before + fake.on(USAGE)]
+    inst_b = sorted({(r.version, r.quantity) for r in written
+                     if r.resource_id == "inst-b" and r.meter == INSTANCE_SECONDS
+                     and r.flavor_id == "2"})
+    assert inst_b == [(1, 2400.0), (2, 600.0)]
+
+
+def test_a_sweep_that_failed_for_a_key_leaves_the_mark_and_the_next_one_emits_the_key(
+        producer: FakeProducer, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams import usage_agent
+
+    advance_fields = usage_agent.advance_fields
+
+    def failing(state: Any, watermark: datetime, policy: Any) -> Any:
+        if state.resource_id == "inst-b" and watermark < at(2 * HOUR):
+            raise RuntimeError("a bug")
+        return advance_fields(state, watermark, policy)
+
+    monkeypatch.setattr(usage_agent, "advance_fields", failing)
+    run(lambda: feed_source(create_end("inst-a", 600), create_end("inst-b", 1200),
+                            restart_start("inst-a", HOUR + 600), partition=1))
+    assert usage.stats["sweep_errors"] == 1
+    assert usage_clock.get(mark_key(1)) == to_us(at(0))  # not moved: inst-b's hour is due
+    run(lambda: feed_source(restart_start("inst-a", 2 * HOUR + 600), partition=1))
+    got = latest(producer)
+    assert got[("inst-b", INSTANCE_SECONDS, "2", T0)].quantity == 2400.0
+    assert usage_clock.get(mark_key(1)) == to_us(at(2 * HOUR))
