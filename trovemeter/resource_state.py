@@ -41,7 +41,7 @@ from __future__ import annotations
 import enum
 import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,6 +95,10 @@ class TrackedResource:
 
     state: ResourceState
     reported_at: Mapping[str, datetime]
+    # The row this state was read from (``from_row``), kept while ``apply`` keeps the state
+    # object (a confirming audit moves only report times): ``to_row`` reuses its fields
+    # instead of converting all 19 again. Not part of the value.
+    loaded_row: list[Any] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -123,14 +127,8 @@ class TrackedResource:
         ~0.9 KB for ``to_dict``'s): ``[1, <the state's fields in ROW_FIELDS order>,
         [<field index>, <last_event_at - reported at>, ...]]``, times in microseconds since the
         epoch, enums as their values."""
-        row: list[Any] = [ROW_VERSION, *_row_values(self.state)]
-        for index in _ROW_TIMES:
-            moment = row[1 + index]
-            if moment is not None:
-                row[1 + index] = (moment - _EPOCH) // _MICROSECOND
-        row[1 + _ROW_TYPE] = row[1 + _ROW_TYPE].value
-        if row[1 + _ROW_STATUS] is not None:
-            row[1 + _ROW_STATUS] = row[1 + _ROW_STATUS].value
+        loaded = self.loaded_row
+        row = loaded[:-1] if loaded is not None else self._state_row()
         last_us = row[1 + _LAST_EVENT_AT]
         # An event reports several attributes at its one moment: converted once per moment.
         offsets: dict[datetime, int] = {}
@@ -141,6 +139,18 @@ class TrackedResource:
                 offset = offsets[moment] = last_us - (moment - _EPOCH) // _MICROSECOND
             reported += (_ROW_INDEX[name], offset)
         row.append(reported)
+        return row
+
+    def _state_row(self) -> list[Any]:
+        """``to_row`` without the report times: the version and the state's fields."""
+        row: list[Any] = [ROW_VERSION, *_row_values(self.state)]
+        for index in _ROW_TIMES:
+            moment = row[1 + index]
+            if moment is not None:
+                row[1 + index] = (moment - _EPOCH) // _MICROSECOND
+        row[1 + _ROW_TYPE] = row[1 + _ROW_TYPE].value
+        if row[1 + _ROW_STATUS] is not None:
+            row[1 + _ROW_STATUS] = row[1 + _ROW_STATUS].value
         return row
 
     @classmethod
@@ -164,7 +174,7 @@ class TrackedResource:
             if moment is None:
                 moment = moments[offset] = _EPOCH + timedelta(microseconds=last_us - offset)
             reported_at[ROW_FIELDS[reported[i]]] = moment
-        return cls(ResourceState(*values), reported_at)
+        return cls(ResourceState(*values), reported_at, row)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(ResourceState))
@@ -243,7 +253,9 @@ def apply(tracked: TrackedResource | None, n: Notification) -> TrackedResource |
     merged = {**reported_at, **new_reported_at}
     if new_state.status is _S.DELETED:
         merged.pop("status", None)  # never compared again; dropped so the entry is order-free
-    return TrackedResource(new_state, merged)
+    # The state object kept: so is the row it was read from (``TrackedResource.loaded_row``).
+    return TrackedResource(new_state, merged, tracked.loaded_row
+                           if tracked is not None and new_state is state else None)
 
 
 def _is_last_event(state: ResourceState | None, n: Notification) -> bool:
