@@ -424,6 +424,9 @@ def _with_facts(state: MeteredResource, notification: Notification,
     """``state`` with the notification's facts, and the earliest moment whose usage they may
     change (None: nothing changed; ``_EVERY_HOUR``: possibly every hour; ``_NO_HOUR``: changed,
     but no usage)."""
+    audit = _audit_of(notification)
+    if audit is not None:
+        return _with_audit(state, notification, audit, policy)
     payload = notification.payload
     occurred = to_us(notification.occurred_at)
     message_id = notification.message_id
@@ -432,9 +435,8 @@ def _with_facts(state: MeteredResource, notification: Notification,
     operation = notification.operation
     changes: dict[str, Any] = {}
     affected: list[int] = []
-    audit = _audit_of(notification)
     if notification.resource_type is ResourceType.INSTANCE:
-        relevant = audit is not None or ((is_end or is_usage) and operation in (
+        relevant = ((is_end or is_usage) and operation in (
             "create", "resize_flavor", "resize_volume", "delete"))
     else:
         relevant = is_end and operation in ("create", "delete")
@@ -479,16 +481,6 @@ def _with_facts(state: MeteredResource, notification: Notification,
         elif operation == "delete" and (is_end or is_usage):
             deleted = occurred if is_end else (_payload_us(payload, "deleted_at") or occurred)
             claim("ended", Claim(_END_EVENT if is_end else _USAGE_EVENT, deleted, message_id))
-        elif audit is not None:
-            if audit not in state.audits and not _frozen(state, audit.window_start, policy):
-                changes["audits"] = tuple(sorted((*state.audits, audit), key=_audit_order))
-                affected.append(audit.window_start)
-            for attribute, name in (("audited_launch_us", "launched_at"),
-                                    ("audited_delete_us", "deleted_at")):
-                reported = _payload_us(payload, name)
-                current = getattr(state, attribute)
-                if reported is not None and (current is None or reported < current):
-                    changes[attribute] = reported  # verification input only: no usage changes
         name = as_text(payload.get("instance_type"))
         named_id = as_text(payload.get("instance_type_id"))
         if name is not None and named_id is not None:
@@ -519,6 +511,48 @@ def _with_facts(state: MeteredResource, notification: Notification,
     if not changes:
         return state, None
     return _replace_state(state, **changes), min(affected, default=_NO_HOUR)
+
+
+def _with_audit(state: MeteredResource, notification: Notification, audit: Audit,
+                policy: AccrualPolicy) -> tuple[MeteredResource, int | None]:
+    """``_with_facts`` for an exists audit (the hourly burst's event: one per live instance),
+    without the lifecycle branches and their closures: the audit, the audited launch and
+    delete, the flavor's name, the tenant and owner."""
+    payload = notification.payload
+    changes: dict[str, Any] = {}
+    affected = _NO_HOUR  # the least moment whose usage may change
+    if audit not in state.audits and not _frozen(state, audit.window_start, policy):
+        changes["audits"] = tuple(sorted((*state.audits, audit), key=_audit_order))
+        affected = audit.window_start
+    reported = _payload_us(payload, "launched_at")
+    if reported is not None and (state.audited_launch_us is None
+                                 or reported < state.audited_launch_us):
+        changes["audited_launch_us"] = reported  # verification input only: no usage changes
+    reported = _payload_us(payload, "deleted_at")
+    if reported is not None and (state.audited_delete_us is None
+                                 or reported < state.audited_delete_us):
+        changes["audited_delete_us"] = reported
+    name = as_text(payload.get("instance_type"))
+    named_id = as_text(payload.get("instance_type_id"))
+    if name is not None and named_id is not None:
+        # As in ``_with_facts``: the greater name of a flavor id is kept.
+        names = dict(state.flavor_names)
+        if named_id not in names or name > names[named_id]:
+            names[named_id] = name
+            changes["flavor_names"] = tuple(sorted(names.items()))
+            affected = _EVERY_HOUR
+    # An audit is a usage notification: it names the owner (see ``_with_facts``).
+    tenant = notification.tenant_id
+    if tenant and (state.tenant_id is None or tenant < state.tenant_id):
+        changes["tenant_id"] = tenant
+        affected = _EVERY_HOUR
+    user = notification.user_id if notification.phase is Phase.POINT else None
+    if user and (state.user_id is None or user < state.user_id):
+        changes["user_id"] = user
+        affected = _EVERY_HOUR
+    if not changes:
+        return state, None
+    return _replace_state(state, **changes), affected
 
 
 def _audit_order(audit: Audit) -> tuple[int, int, str, str]:

@@ -42,12 +42,19 @@ from trovemeter.accrual import (
 from trovemeter.accrual import (
     RecordKey,
     _alive,
+    _audit_of,
+    _audit_order,
     _forget_frozen,
+    _frozen,
     _merge_change,
     _one_piece_usage,
+    _payload_us,
     _pieced_usage,
+    _with_facts,
+    to_us,
 )
 from trovemeter.codec import encode, usage_encoder
+from trovemeter.payload_values import as_text
 from trovemeter.model import (
     DiscrepancyCause,
     Notification,
@@ -645,3 +652,83 @@ def test_a_state_read_as_swept_is_swept_to_of_the_state(
     if through is not None and (state.emitted_through is None or through > state.emitted_through):
         advanced = _forget_frozen(state, through, SWEPT)
         assert advanced is None or advanced == swept_to(state, through, SWEPT)
+
+
+def _audit_facts_as_before(state: MeteredResource, n: Notification,
+                           policy: AccrualPolicy) -> tuple[MeteredResource, int | None]:
+    """The oracle: an audit through ``_with_facts``'s general path as it was before
+    ``_with_audit`` (the closures' claims and the lifecycle branches left out: none applies
+    to an exists audit)."""
+    payload = n.payload
+    changes: dict[str, Any] = {}
+    affected: list[int] = []
+    audit = _audit_of(n)
+    assert audit is not None
+    if audit not in state.audits and not _frozen(state, audit.window_start, policy):
+        changes["audits"] = tuple(sorted((*state.audits, audit), key=_audit_order))
+        affected.append(audit.window_start)
+    for attribute, name in (("audited_launch_us", "launched_at"),
+                            ("audited_delete_us", "deleted_at")):
+        reported = _payload_us(payload, name)
+        current = getattr(state, attribute)
+        if reported is not None and (current is None or reported < current):
+            changes[attribute] = reported
+    name = as_text(payload.get("instance_type"))
+    named_id = as_text(payload.get("instance_type_id"))
+    if name is not None and named_id is not None:
+        names = dict(state.flavor_names)
+        if named_id not in names or name > names[named_id]:
+            names[named_id] = name
+            changes["flavor_names"] = tuple(sorted(names.items()))
+            affected.append(-(2**62))
+    names_owner = n.operation == "create" or n.phase is Phase.POINT
+    for attribute, reported in (("tenant_id", n.tenant_id),
+                                ("user_id", n.user_id if names_owner else None)):
+        current = getattr(state, attribute)
+        if reported and (current is None or reported < current):
+            changes[attribute] = reported
+            affected.append(-(2**62))
+    if not changes:
+        return state, None
+    return replace(state, **changes), min(affected, default=2**62)
+
+
+@st.composite
+def audited_states(draw: st.DrawFn) -> tuple[MeteredResource, Notification]:
+    """An instance's state (with audits, audited times, a sweep position) and an exists audit
+    that may repeat one of its audits, name its flavor or owner anew, or be frozen."""
+    state = replace(draw(metered_states()), resource_type=ResourceType.INSTANCE)
+    hour_end = draw(st.integers(1, 6)) * 3600
+    flavor = draw(st.sampled_from(["1", "2", "3"]))
+    extra: dict[str, Any] = {}
+    if draw(st.booleans()):
+        extra["deleted_at"] = iso(hour_end - draw(st.integers(1, 7200)))
+    if draw(st.booleans()):
+        extra["instance_type"] = draw(st.sampled_from(["m1.tiny", "m1.zzz", "", "a"]))
+    n = exists("r-1", hour_end, flavor, launched=draw(st.integers(-7200, hour_end)),
+               tenant=draw(st.sampled_from(["tenant-a", "tenant-0", "tenant-b", ""])))
+    n = replace(n, payload={**n.payload, **extra},
+                user_id=draw(st.sampled_from([None, "", "owner", "a", "u"])),
+                phase=draw(st.sampled_from([Phase.POINT, Phase.END])))
+    audit = _audit_of(n)
+    others = draw(st.lists(st.builds(Audit, st.integers(1, 6).map(lambda h: h * 3600 * 10**6),
+                                     st.just(0), st.sampled_from(["1", "2"]),
+                                     st.sampled_from(["m-a", "m-b"])), max_size=3))
+    audits = [*others, audit] if draw(st.booleans()) else others
+    swept = draw(st.one_of(st.none(), st.integers(-2, 8).map(
+        lambda h: to_us(T0) + h * 3600 * 10**6)))
+    return replace(
+        state, audits=tuple(sorted(set(audits), key=_audit_order)),
+        audited_launch_us=draw(st.one_of(st.none(), st.just(to_us(at(0))))),
+        audited_delete_us=draw(st.one_of(st.none(), st.just(to_us(at(3600))))),
+        emitted_through=swept), n
+
+
+@settings(max_examples=1500, deadline=None)
+@given(case=audited_states(), short=st.booleans())
+def test_an_audit_takes_the_facts_the_general_path_took(
+        case: tuple[MeteredResource, Notification], short: bool) -> None:
+    state, n = case
+    policy = AccrualPolicy(allowed_lateness=timedelta(minutes=10),
+                           correction_retention=timedelta(hours=1 if short else 48))
+    assert _with_facts(state, n, policy) == _audit_facts_as_before(state, n, policy)
