@@ -481,15 +481,10 @@ def _with_facts(state: MeteredResource, notification: Notification,
         elif operation == "delete" and (is_end or is_usage):
             deleted = occurred if is_end else (_payload_us(payload, "deleted_at") or occurred)
             claim("ended", Claim(_END_EVENT if is_end else _USAGE_EVENT, deleted, message_id))
-        name = as_text(payload.get("instance_type"))
-        named_id = as_text(payload.get("instance_type_id"))
-        if name is not None and named_id is not None:
-            names = dict(state.flavor_names)
-            # Nova flavors cannot be renamed; should two names meet, the greater one is kept.
-            if named_id not in names or name > names[named_id]:
-                names[named_id] = name
-                changes["flavor_names"] = tuple(sorted(names.items()))
-                affected.append(_EVERY_HOUR)
+        names = _flavor_names_with(state, payload)
+        if names is not None:
+            changes["flavor_names"] = names
+            affected.append(_EVERY_HOUR)
     else:  # a backup's create or delete end
         size = _size_text(payload.get("size"))
         if operation == "create":
@@ -532,15 +527,10 @@ def _with_audit(state: MeteredResource, notification: Notification, audit: Audit
     if reported is not None and (state.audited_delete_us is None
                                  or reported < state.audited_delete_us):
         changes["audited_delete_us"] = reported
-    name = as_text(payload.get("instance_type"))
-    named_id = as_text(payload.get("instance_type_id"))
-    if name is not None and named_id is not None:
-        # As in ``_with_facts``: the greater name of a flavor id is kept.
-        names = dict(state.flavor_names)
-        if named_id not in names or name > names[named_id]:
-            names[named_id] = name
-            changes["flavor_names"] = tuple(sorted(names.items()))
-            affected = _EVERY_HOUR
+    names = _flavor_names_with(state, payload)
+    if names is not None:
+        changes["flavor_names"] = names
+        affected = _EVERY_HOUR
     # An audit is a usage notification: it names the owner (see ``_with_facts``).
     tenant = notification.tenant_id
     if tenant and (state.tenant_id is None or tenant < state.tenant_id):
@@ -553,6 +543,22 @@ def _with_audit(state: MeteredResource, notification: Notification, audit: Audit
     if not changes:
         return state, None
     return _replace_state(state, **changes), affected
+
+
+def _flavor_names_with(state: MeteredResource,
+                       payload: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """``state.flavor_names`` with the flavor name ``payload`` reports, or None when that
+    changes nothing. Nova flavors cannot be renamed; should two names meet, the greater one is
+    kept."""
+    name = as_text(payload.get("instance_type"))
+    named_id = as_text(payload.get("instance_type_id"))
+    if name is None or named_id is None:
+        return None
+    names = dict(state.flavor_names)
+    if named_id in names and name <= names[named_id]:
+        return None
+    names[named_id] = name
+    return tuple(sorted(names.items()))
 
 
 def _audit_order(audit: Audit) -> tuple[int, int, str, str]:
