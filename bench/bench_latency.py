@@ -449,6 +449,7 @@ class TopicCollector(threading.Thread):
         self.records: list[tuple[float, str, bytes | None, Any]] = []
         # Kafka timestamp (CreateTime: when the writer called produce, epoch ms) of each record.
         self.timestamps: list[int] = []
+        self.keys: list[bytes | None] = []  # the Kafka key of each record
         self._stop_event = threading.Event()
         self.error: BaseException | None = None
         self.ready = threading.Event()
@@ -464,14 +465,19 @@ class TopicCollector(threading.Thread):
             consumer.assign([TopicPartition(t, p, o) for (t, p), o in self.marks.items()])
             self.ready.set()
             append, clock, keep = self.records.append, time.perf_counter, self.keep_values
-            stamp = self.timestamps.append
+            stamp, key = self.timestamps.append, self.keys.append
+            # In batches: the reader shares the machine with what it measures (one poll() per
+            # record cost the audit burst's reader several seconds of CPU in its timed window).
             while not self._stop_event.is_set():
-                message = consumer.poll(0.05)
-                if message is None or message.error():
-                    continue
-                stamp(message.timestamp()[1])
-                append((clock(), message.topic(), message.value() if keep else None,
-                        message.headers()))
+                batch = consumer.consume(1000, 0.05)
+                received = clock()  # what one consume() returns was there at once
+                for message in batch:
+                    if message.error():
+                        continue
+                    stamp(message.timestamp()[1])
+                    key(message.key())
+                    append((received, message.topic(), message.value() if keep else None,
+                            message.headers()))
             consumer.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the caller
             self.error = exc
