@@ -141,6 +141,7 @@ from trovemeter.accrual import (
     apply,
     from_json_value,
     from_us,
+    swept_hour_fields,
     to_row,
     to_us,
 )
@@ -368,13 +369,23 @@ class UsageMeter:
         started = time.perf_counter()
         deadline = started + seconds
         done = True
+        closed = job.closed
         for key in job.keys:
             raw = metering.get(key)
-            state = None if raw is None else self._load(partition, key, raw)
-            if state is not None:
+            # A live resource's plain hour straight from its row (``swept_hour_fields``);
+            # every other state through ``advance_fields``.
+            fields = None if raw is None else self._swept_hour(partition, key, raw, closed)
+            state = None if raw is None or fields is not None else self._load(partition, key,
+                                                                                raw)
+            if fields is not None or state is not None:
                 try:
-                    self._commit(partition, key, state,
-                                 advance_fields(state, job.watermark, self.policy), job)
+                    if fields is not None:
+                        job.reached[key] = closed
+                        if fields:
+                            self._emit(partition, None, fields)
+                    else:
+                        self._commit(partition, key, state,
+                                     advance_fields(state, job.watermark, self.policy), job)
                 except Exception:  # noqa: BLE001 - one bad state must not stop every sweep
                     self.stats["sweep_errors"] += 1
                     job.errors += 1
@@ -399,6 +410,19 @@ class UsageMeter:
             log.info("usage: partition %d swept to %s: %d keys in %.2fs (%.1f ms of work in "
                      "%d slices)", partition, job.watermark.isoformat(), job.count,
                      time.monotonic() - job.started, job.work * 1000, job.slices)
+
+    def _swept_hour(self, partition: int, key: str, raw: bytes,
+                    closed: int) -> tuple[UsageFields, ...] | None:
+        """The sweep's records for ``key`` straight from its row, or None: ``advance_fields``
+        decides (a state of another shape, an unreadable one)."""
+        try:
+            row = orjson.loads(raw)
+            if type(row) is not list:
+                return None
+            return swept_hour_fields(row, self._swept_through(partition, key), closed,
+                                     self.policy)
+        except Exception:  # noqa: BLE001 - the general path reports what is wrong
+            return None
 
     def _catch_up(self, partition: int, key: str,
                   state: MeteredResource) -> MeteredResource | None:

@@ -347,6 +347,149 @@ def _advance(state: MeteredResource, watermark: datetime, policy: AccrualPolicy,
     return Step(advanced, tuple(records), tuple(discrepancies))
 
 
+def swept_hour_fields(row: list[Any], swept_through: int | None, closed_through: int,
+                      policy: AccrualPolicy) -> tuple[UsageFields, ...] | None:
+    """The records ``advance_fields`` gives for ``from_row(row, swept_through, policy)`` at a
+    watermark that closes every hour before ``closed_through``, read straight off the row, for
+    the sweep's common state: a resource that started and has not ended, owes exactly the hour
+    before ``closed_through``, and whose audits ending in that hour agree with its lifecycle
+    (no discrepancy). Such a state stays (it is still accruing) and ``advance`` only moves its
+    ``emitted_through``. None for every other state: the caller takes ``advance_fields``. The
+    worker's hourly sweep reads every state of a partition, and ~40% of its work went to
+    building objects this case does not need; a test compares both ways on random states."""
+    size = len(row)
+    if size < 5 or size > len(_ROW_FIELDS):
+        return None
+    start = row[4]
+    if start is None or (size > 5 and row[5] is not None):
+        return None  # not started, or ended: it may finish (the general path drops it)
+    through = row[12] if size > 12 else None
+    if swept_through is not None and (through is None or through < swept_through):
+        through = swept_through
+    window = closed_through - HOUR_US
+    if through != window:
+        return None
+    start_at, start_id = start[1], start[2]
+    flavors = row[6] if size > 6 else None
+    audits = row[9] if size > 9 else None
+    audited = [a for a in audits if 0 < a[0] - window <= HOUR_US] if audits else None
+    if audited:
+        launch = row[10] if size > 10 else None
+        delete = row[11] if size > 11 else None
+        for audit in audited:
+            if not _row_audit_agrees(audit, start_at, flavors, launch, delete, policy):
+                return None
+    resource_type = _RESOURCE_TYPES[row[0]]
+    resource_id, user = row[1], row[3]
+    tenant = row[2] or ""
+    fields: list[UsageFields] = []
+    low = start_at if start_at > window else window
+    if low < closed_through:  # alive in the hour: ``_pieced_usage``
+        if resource_type is ResourceType.INSTANCE:
+            names = row[8] if size > 8 else None
+            per_flavor: dict[str, tuple[int, set[str]]] = {}
+            for piece_from, piece_to, value, message_id in _row_pieces(
+                    flavors, low, closed_through, start_id):
+                flavor_id = value or ""
+                micros, messages = per_flavor.get(flavor_id, (0, {start_id}))
+                if message_id is not None:
+                    messages = messages | {message_id}
+                per_flavor[flavor_id] = (micros + piece_to - piece_from, messages)
+            for flavor_id, (micros, messages) in per_flavor.items():
+                fields.append(_swept_fields(
+                    RecordKey(tenant, INSTANCE_SECONDS, window, flavor_id), resource_type,
+                    resource_id, micros / US_PER_SECOND, sorted(messages), user,
+                    flavor_id or None, names.get(flavor_id) if names else None, None))
+            meter = VOLUME_GB_SECONDS
+        else:
+            meter = BACKUP_GB_SECONDS
+        gb_micros: int | Fraction = 0
+        last_size: str | None = None
+        size_messages = {start_id}
+        for piece_from, piece_to, value, message_id in _row_pieces(
+                row[7] if size > 7 else None, low, closed_through, start_id):
+            if value is not None and message_id is not None:
+                gb = _size(value)
+                span = piece_to - piece_from
+                gb_micros += gb.numerator * span if gb.denominator == 1 else gb * span
+                last_size = value
+                size_messages.add(message_id)
+        if gb_micros:
+            fields.append(_swept_fields(
+                RecordKey(tenant, meter, window, ""), resource_type, resource_id,
+                gb_micros / US_PER_SECOND if type(gb_micros) is int else float(
+                    Fraction(gb_micros, US_PER_SECOND)),
+                sorted(size_messages), user, None, None,
+                None if last_size is None else float(_size(last_size))))
+    if audited:
+        micros = sum(a[0] - a[1] for a in audited)
+        ids = [start_id if a[3] == _SAME_AS_START else a[3] for a in audited]
+        fields.append(_swept_fields(
+            RecordKey(tenant, EXISTS_SECONDS, window, ""), resource_type, resource_id,
+            micros / US_PER_SECOND, ids if len(ids) == 1 else sorted(ids), user, None, None,
+            None))
+    return tuple(fields)
+
+
+def _row_pieces(changes: list[list[Any]] | None, from_us: int, to_us: int,
+                start_id: str) -> list[tuple[int, int, str | None, str | None]]:
+    """``_pieces`` over a row's changes (``[at_us, rank, value, message id]``, 0: the start's
+    message id)."""
+    value: str | None = None
+    message: str | None = None
+    pieces: list[tuple[int, int, str | None, str | None]] = []
+    start = from_us
+    for at, _, new_value, new_message in changes or ():
+        if at is None or at <= from_us:
+            value, message = new_value, new_message
+        elif at < to_us:
+            if at > start:
+                pieces.append((start, at, value, start_id if message == _SAME_AS_START
+                               else message))
+                start = at
+            value, message = new_value, new_message
+    pieces.append((start, to_us, value, start_id if message == _SAME_AS_START else message))
+    return pieces
+
+
+def _row_audit_agrees(audit: list[Any], start_at: int, flavors: list[list[Any]] | None,
+                      launch: int | None, delete: int | None, policy: AccrualPolicy) -> bool:
+    """``_verify`` finds nothing for a row's audit (``[end_us, begin_us, flavor id, message
+    id]``) of a resource that started at ``start_at`` and has not ended."""
+    end, begin, audit_flavor = audit[0], audit[1], audit[2]
+    audited_from = max(begin, launch or begin)
+    audited_to = min(end, delete or end)
+    audited = max(0, audited_to - audited_from)
+    low = max(begin, start_at)
+    if low >= end:
+        lifecycle, lifecycle_flavor = 0, None
+    else:
+        lifecycle = end - low
+        lifecycle_flavor = None  # ``_pieces(flavors, low, end)[-1].value``
+        for change in flavors or ():
+            at = change[0]
+            if at is None or at < end:
+                lifecycle_flavor = change[2]
+    if audit_flavor is not None and lifecycle_flavor is not None and \
+            audit_flavor != lifecycle_flavor:
+        return False
+    return abs(audited - lifecycle) <= policy.tolerance_us
+
+
+def _swept_fields(key: RecordKey, resource_type: ResourceType, resource_id: str,
+                  quantity: float, derived_from: list[str], user_id: str | None,
+                  flavor_id: str | None, flavor_name: str | None,
+                  size_gb: float | None) -> UsageFields:
+    """``_record_fields`` (version 1) of a swept hour's record from its computed values."""
+    meter = key.meter
+    meter_type, unit = METERS[meter]
+    window_start, window_end, _ = _window(key.window_start)
+    return _new_fields((
+        record_id(key, resource_type, resource_id), 1, key.tenant_id, resource_type,
+        resource_id, meter, meter_type, unit, quantity, window_start, window_end, derived_from,
+        user_id, flavor_id, flavor_name, size_gb))
+
+
 def verify_exists(state: MeteredResource | None, exists: Notification,
                   policy: AccrualPolicy) -> UsageDiscrepancy | None:
     """Compare an exists audit with the lifecycle of its instance (None: no lifecycle known).

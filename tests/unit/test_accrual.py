@@ -33,7 +33,9 @@ from trovemeter.accrual import (
     decode_state,
     encode_state,
     from_json_value,
+    from_us,
     latest_versions,
+    swept_hour_fields,
     swept_to,
     to_dict,
     to_row,
@@ -652,6 +654,65 @@ def test_a_state_read_as_swept_is_swept_to_of_the_state(
     if through is not None and (state.emitted_through is None or through > state.emitted_through):
         advanced = _forget_frozen(state, through, SWEPT)
         assert advanced is None or advanced == swept_to(state, through, SWEPT)
+
+
+H_US = 3_600_000_000
+
+
+@st.composite
+def sweep_cases(draw: st.DrawFn) -> tuple[MeteredResource, int | None, int]:
+    """A state, a sweep mark and the hour a sweep closes (its end), mostly such that the state
+    owes exactly that hour: ``swept_states`` with audits of any period ending in it, what the
+    audits say of the launch and the delete near it (every input ``_verify`` reads), and
+    flavor changes at its edges."""
+    state = draw(swept_states())
+    closed = draw(st.integers(-7, 5)) * H_US
+    window = closed - H_US
+    near = st.one_of(MOMENTS, st.sampled_from([window, closed]).flatmap(
+        lambda edge: st.integers(edge - 60_000_000, edge + 60_000_000)))
+    extra = [Audit(end, end - draw(st.sampled_from([H_US, H_US // 2, 1, 2 * H_US])),
+                   draw(st.sampled_from([None, "", "1", "2"])),
+                   draw(st.sampled_from(["m-a", "m-f"])))
+             for end in draw(st.lists(st.one_of(st.just(closed), near), max_size=3))]
+    audits = tuple(sorted({*state.audits, *extra}, key=_audit_order))
+    flavors = state.flavors
+    if state.resource_type is ResourceType.INSTANCE:
+        for at in draw(st.lists(st.one_of(st.just(closed), st.just(window), near), max_size=2)):
+            flavors = _merge_change(flavors, Change(at, draw(st.sampled_from([0, 1])),
+                                                    draw(st.sampled_from(["1", "2"])), "m-g"))
+    state = replace(state, audits=audits, flavors=flavors,
+                    audited_launch_us=draw(st.one_of(st.none(), near)),
+                    audited_delete_us=draw(st.one_of(st.none(), near)))
+    if draw(st.integers(0, 3)):  # mostly live through the hour: the shortcut's own case
+        state = replace(state, ended=None, started=Claim(
+            draw(st.sampled_from([0, 1])), draw(st.one_of(near, st.integers(
+                window - 2 * H_US, closed))), draw(st.sampled_from(["m-a", "m-s"]))))
+    mark = draw(st.one_of(st.just(window), st.just(window), st.none(), st.integers(-8, 6).map(
+        lambda h: h * H_US)))
+    return state, mark, closed
+
+
+@settings(max_examples=3000, deadline=None)
+@given(case=sweep_cases())
+def test_the_sweeps_shortcut_gives_the_records_advance_gives(
+        case: tuple[MeteredResource, int | None, int]) -> None:
+    """The worker's sweep reads a live resource's hour straight off its row
+    (``swept_hour_fields``): the same records, in the same order, as ``advance_fields`` on
+    the state read with the sweep mark, and only where ``advance`` keeps the state with no
+    discrepancy."""
+    state, mark, closed = case
+    row = json.loads(json.dumps(to_row(state)))  # as the table holds it
+    loaded = from_json_value(row, mark, SWEPT)
+    general = advance_fields(loaded, from_us(closed + SWEPT.lateness_us), SWEPT)
+    fast = swept_hour_fields(row, mark, closed, SWEPT)
+    if fast is not None:
+        assert fast == general.records
+        assert [type(r) for r in fast] == [type(r) for r in general.records]
+        assert not general.discrepancies
+        assert general.state is not None and general.state.emitted_through == closed
+    elif loaded.started is not None and loaded.ended is None and \
+            loaded.emitted_through == closed - H_US:
+        assert general.discrepancies  # the only live state owing one hour left to advance
 
 
 def _audit_facts_as_before(state: MeteredResource, n: Notification,
