@@ -45,13 +45,15 @@ from datetime import UTC, datetime, timedelta
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import orjson
+
 from streams.app import app, settings
 from streams.consumer import lean_events
 from streams.tables import outbox, resources
 from streams.topics import APP_ID_HEADER, source_topic
 from trovemeter.codec import CodecError, decode, encode, header_for
 from trovemeter.model import Notification, ResourceState
-from trovemeter.resource_state import TRACKED_TYPES, apply
+from trovemeter.resource_state import EXISTS_EVENT, TRACKED_TYPES, apply, confirmed_row
 from trovemeter.watermark import SourceProgress
 
 log = logging.getLogger("trovemeter.streams")
@@ -168,6 +170,15 @@ class ResourceStateHandler:
         rid = n.resource_id
         if rid is None or n.resource_type not in TRACKED_TYPES:
             return
+        if n.event_type == EXISTS_EVENT:  # mostly a confirming audit: ``confirmed_row``
+            stored = resources.stored(rid)
+            if type(stored) is bytes:
+                row = orjson.loads(stored)
+                confirmed = confirmed_row(row, n) if type(row) is list else None
+                if confirmed is not None:
+                    if confirmed is not row:  # only report times moved: no new state to send
+                        resources.put(partition, rid, bytes(memoryview(orjson.dumps(confirmed))))
+                    return
         old = resources.get(rid)
         new = apply(old, n)
         if new is old or new is None:

@@ -103,7 +103,11 @@ class StagedTable(Generic[V]):
         return orjson.dumps(key)  # the table's key serializer is json
 
     def changelog_value(self, value: V | None) -> bytes | None:
-        return None if value is None else self._dump(value)
+        if value is None:
+            return None
+        if self._compact and type(value) is bytes:  # put as the bytes a compact table keeps
+            return value
+        return self._dump(value)
 
     def written(self, key: str, value: V | None, raw: bytes | None) -> None:
         """``raw`` went to the changelog for ``key``: a compact table keeps it instead of the
@@ -132,7 +136,13 @@ class StagedTable(Generic[V]):
             self._data[key] = decoded
         return decoded
 
-    def put(self, partition: int, key: str, value: V) -> None:
+    def stored(self, key: str) -> V | bytes | None:
+        """What the table holds for ``key``, undecoded (a compact table: mostly bytes)."""
+        return self._data.get(key)
+
+    def put(self, partition: int, key: str, value: V | bytes) -> None:
+        """Hold ``value`` for ``key`` and stage it; a compact table also takes the bytes it
+        would keep (``dump(value)``)."""
         self._data[key] = value
         self._partition_of[key] = partition
         outbox.stage(self, partition, key, value)
