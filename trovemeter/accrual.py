@@ -490,6 +490,71 @@ def _swept_fields(key: RecordKey, resource_type: ResourceType, resource_id: str,
         user_id, flavor_id, flavor_name, size_gb))
 
 
+def audited_row(row: list[Any], notification: Notification, swept_through: int | None,
+                closed_through: int, policy: AccrualPolicy) -> list[Any] | None:
+    """For a trove.instance.exists audit: ``to_row(apply(from_row(row, swept_through, policy),
+    notification, <a watermark closing closed_through>, policy).state)`` read straight off the
+    row, when the audit adds only itself and what it says of the launch and the delete: its
+    hour not emitted yet and no hour left to emit, the flavor's name, tenant and owner as the
+    row has them. ``row`` itself when the state does not change (and so is not written), else
+    the new row. None for any other case: the caller takes ``apply``. Every live instance gets
+    an audit an hour; building its state around that cost most of the audit's work."""
+    audit = _audit_of(notification)
+    size = len(row)
+    if audit is None or size < 2 or size > len(_ROW_FIELDS) or row[0] != "instance" or \
+            row[1] != notification.resource_id:
+        return None
+    values = [*row, *_ROW_EMPTY[size:]]
+    (_, _, tenant_id, user_id, start, _, _, _, names, audits, launch, delete, through,
+     versions) = values
+    if swept_through is not None and (through is None or through < swept_through):
+        through = swept_through  # ``from_row``'s lazy forgetting, as ``to_row`` would write it
+        frozen_before = swept_through - policy.retention_us
+        audits = [a for a in audits if _hour_floor(a[0] - 1) >= frozen_before]
+        versions = [kv for kv in versions if kv[2] >= frozen_before]
+    window_start = audit.window_start
+    if through is None or closed_through > through or window_start < through:
+        return None  # hours to emit, or a late audit to verify and correct: ``apply``
+    tenant, user = notification.tenant_id, notification.user_id
+    if (tenant and (tenant_id is None or tenant < tenant_id)) or (
+            user and notification.phase is Phase.POINT and (user_id is None or user < user_id)):
+        return None  # a new tenant or owner: every hour's records change
+    name, named_id = as_text(notification.payload.get("instance_type")), audit.flavor_id
+    if name is not None and named_id is not None and (
+            named_id not in names or name > names[named_id]):
+        return None  # a flavor's name (or a greater one): every hour's records change
+    start_id = start[2] if start else None
+    changed = False
+    entry = [audit.end_us, audit.begin_us, audit.flavor_id,
+             _SAME_AS_START if audit.message_id == start_id else audit.message_id]
+    if entry not in audits:  # not frozen either: the audit's hour is not before ``through``
+        key = _audit_order(audit)
+        position = len(audits)
+        while position and _audit_order(Audit(*audits[position - 1][:3], start_id if audits[
+                position - 1][3] == _SAME_AS_START else audits[position - 1][3])) > key:
+            position -= 1
+        audits = [*audits[:position], entry, *audits[position:]]
+        changed = True
+    payload = notification.payload
+    reported = _payload_us(payload, "launched_at")
+    if reported is not None and (launch is None or reported < launch):
+        launch, changed = reported, True
+    reported = _payload_us(payload, "deleted_at")
+    if reported is not None and (delete is None or reported < delete):
+        delete, changed = reported, True
+    if not changed:
+        return row
+    new = [*values[:9], audits, launch, delete, through, versions]
+    while new[-1] in (None, [], {}):
+        new.pop()
+    return new
+
+
+# ``to_row``'s value of each position when the state has nothing there.
+_ROW_EMPTY: tuple[Any, ...] = (None, None, None, None, None, None, [], [], {}, [], None, None,
+                               None, [])
+
+
 def verify_exists(state: MeteredResource | None, exists: Notification,
                   policy: AccrualPolicy) -> UsageDiscrepancy | None:
     """Compare an exists audit with the lifecycle of its instance (None: no lifecycle known).

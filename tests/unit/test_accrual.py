@@ -30,6 +30,7 @@ from trovemeter.accrual import (
     advance,
     advance_fields,
     apply,
+    audited_row,
     decode_state,
     encode_state,
     from_json_value,
@@ -713,6 +714,88 @@ def test_the_sweeps_shortcut_gives_the_records_advance_gives(
     elif loaded.started is not None and loaded.ended is None and \
             loaded.emitted_through == closed - H_US:
         assert general.discrepancies  # the only live state owing one hour left to advance
+
+
+def _iso_us(us: int) -> str:
+    return from_us(us).replace(tzinfo=None).isoformat()
+
+
+@st.composite
+def audit_cases(draw: st.DrawFn) -> tuple[MeteredResource, Notification, int | None, int]:
+    """A state, an exists audit, a sweep mark and the hour the watermark closes, mostly such
+    that the audit's hour is not emitted yet and no hour is left to emit (the audit's fast
+    case), with every input ``_with_audit`` reads drawn near what the state holds."""
+    state = draw(swept_states())
+    if draw(st.integers(0, 3)):
+        state = replace(state, resource_type=ResourceType.INSTANCE)
+    through = draw(st.integers(-6, 4)) * H_US
+    moment = st.one_of(st.none(), MOMENTS, st.integers(through - 90_000_000, through))
+    state = replace(state, audited_launch_us=draw(moment), audited_delete_us=draw(moment))
+    if draw(st.booleans()):
+        state = replace(state, emitted_through=through)
+    mark = draw(st.one_of(st.just(through), st.just(through), st.none(),
+                          st.integers(-8, 6).map(lambda h: h * H_US)))
+    closed = through + draw(st.sampled_from([0, 0, 0, -H_US, H_US]))
+    near = st.one_of(MOMENTS, st.integers(through - 90_000_000, through + H_US + 90_000_000))
+    end = draw(st.one_of(st.just(through + H_US), st.just(through + H_US), near))
+    begin = end - draw(st.sampled_from([H_US, H_US, H_US // 2, 1, 0]))
+    flavor = draw(st.sampled_from([None, "1", "2", ""]))
+    message_id = draw(st.sampled_from(["m-a", "m-e", "m-x"]))
+    if state.started is not None and draw(st.booleans()):
+        message_id = state.started.message_id  # the row writes it as the start's (0)
+    if state.audits and draw(st.booleans()):  # one it has, or that with "" for no flavor
+        end, begin, flavor, message_id = draw(st.sampled_from(state.audits))
+        if not flavor and draw(st.booleans()):
+            flavor = "" if flavor is None else None
+    payload: dict[str, Any] = {"audit_period_beginning": _iso_us(begin),
+                               "audit_period_ending": _iso_us(end)}
+    if flavor is not None:
+        payload["instance_type_id"] = flavor
+    named = dict(state.flavor_names)
+    for key, values in (("instance_type", [*named.values(), "m1.tiny", "zz", "a"]),
+                        ("launched_at", [_iso_us(draw(near))] + (
+                            [] if state.audited_launch_us is None
+                            else [_iso_us(state.audited_launch_us)])),
+                        ("deleted_at", [_iso_us(draw(near))] + (
+                            [] if state.audited_delete_us is None
+                            else [_iso_us(state.audited_delete_us)]))):
+        value = draw(st.sampled_from([None, None, *values]))
+        if value is not None:
+            payload[key] = value
+    audit = Notification(
+        message_id=message_id, event_type="trove.instance.exists",
+        resource_type=ResourceType.INSTANCE, operation="exists", phase=Phase.POINT,
+        publisher_id="taskmanager.tm-1", priority="INFO", occurred_at=from_us(end + 30),
+        resource_id=draw(st.sampled_from(["r-1", "r-1", "r-1", "r-2"])),
+        tenant_id=draw(st.sampled_from([state.tenant_id, state.tenant_id, None, "tenant-0",
+                                        "tenant-b"])),
+        user_id=draw(st.sampled_from([state.user_id, state.user_id, None, "t", "v"])),
+        payload=payload)
+    return state, audit, mark, closed
+
+
+@settings(max_examples=3000, deadline=None)
+@given(case=audit_cases())
+def test_an_audit_folded_into_the_row_gives_what_apply_gives(
+        case: tuple[MeteredResource, Notification, int | None, int]) -> None:
+    """The worker folds an audit straight into its state's row (``audited_row``): the row
+    ``apply`` writes on the state read from it with the sweep mark, no record, no discrepancy
+    (``row`` itself: ``apply`` keeps the state, nothing is written)."""
+    state, audit, mark, closed = case
+    row = json.loads(json.dumps(to_row(state)))  # as the table holds it
+    loaded = from_json_value(row, mark, SWEPT)
+    fast = audited_row(row, audit, mark, closed, SWEPT)
+    try:
+        step = apply(loaded, audit, from_us(closed + SWEPT.lateness_us), SWEPT)
+    except ValueError:
+        assert fast is None
+        return
+    if fast is row:
+        assert step.state is loaded and not step.records and not step.discrepancies
+    elif fast is not None:
+        assert step.state is not loaded and step.state is not None
+        assert not step.records and not step.discrepancies
+        assert json.dumps(fast) == json.dumps(to_row(step.state))
 
 
 def _audit_facts_as_before(state: MeteredResource, n: Notification,
