@@ -468,9 +468,16 @@ class TopicCollector(threading.Thread):
             stamp, key = self.timestamps.append, self.keys.append
             # In batches: the reader shares the machine with what it measures (one poll() per
             # record cost the audit burst's reader several seconds of CPU in its timed window).
+            # consume() waits its whole timeout unless the batch fills, which would delay the
+            # receive times: it takes only what is there; poll() waits for the next record.
             while not self._stop_event.is_set():
-                batch = consumer.consume(1000, 0.05)
-                received = clock()  # what one consume() returns was there at once
+                batch = consumer.consume(1000, 0)
+                if not batch:
+                    message = consumer.poll(0.05)
+                    if message is None:
+                        continue
+                    batch = [message]
+                received = clock()  # what one call returns was there at once
                 for message in batch:
                     if message.error():
                         continue
