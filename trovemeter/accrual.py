@@ -396,9 +396,9 @@ def swept_hour_fields(row: list[Any], swept_through: int | None, closed_through:
                     messages = messages | {message_id}
                 per_flavor[flavor_id] = (micros + piece_to - piece_from, messages)
             for flavor_id, (micros, messages) in per_flavor.items():
-                fields.append(_swept_fields(
+                fields.append(_usage_fields(
                     RecordKey(tenant, INSTANCE_SECONDS, window, flavor_id), resource_type,
-                    resource_id, micros / US_PER_SECOND, sorted(messages), user,
+                    resource_id, 1, micros / US_PER_SECOND, sorted(messages), user,
                     flavor_id or None, names.get(flavor_id) if names else None, None))
             meter = VOLUME_GB_SECONDS
         else:
@@ -415,8 +415,8 @@ def swept_hour_fields(row: list[Any], swept_through: int | None, closed_through:
                 last_size = value
                 size_messages.add(message_id)
         if gb_micros:
-            fields.append(_swept_fields(
-                RecordKey(tenant, meter, window, ""), resource_type, resource_id,
+            fields.append(_usage_fields(
+                RecordKey(tenant, meter, window, ""), resource_type, resource_id, 1,
                 gb_micros / US_PER_SECOND if type(gb_micros) is int else float(
                     Fraction(gb_micros, US_PER_SECOND)),
                 sorted(size_messages), user, None, None,
@@ -424,8 +424,8 @@ def swept_hour_fields(row: list[Any], swept_through: int | None, closed_through:
     if audited:
         micros = sum(a[0] - a[1] for a in audited)
         ids = [start_id if a[3] == _SAME_AS_START else a[3] for a in audited]
-        fields.append(_swept_fields(
-            RecordKey(tenant, EXISTS_SECONDS, window, ""), resource_type, resource_id,
+        fields.append(_usage_fields(
+            RecordKey(tenant, EXISTS_SECONDS, window, ""), resource_type, resource_id, 1,
             micros / US_PER_SECOND, ids if len(ids) == 1 else sorted(ids), user, None, None,
             None))
     return tuple(fields)
@@ -476,16 +476,18 @@ def _row_audit_agrees(audit: list[Any], start_at: int, flavors: list[list[Any]] 
     return abs(audited - lifecycle) <= policy.tolerance_us
 
 
-def _swept_fields(key: RecordKey, resource_type: ResourceType, resource_id: str,
-                  quantity: float, derived_from: list[str], user_id: str | None,
+def _usage_fields(key: RecordKey, resource_type: ResourceType, resource_id: str,
+                  version: int, quantity: float, derived_from: list[str], user_id: str | None,
                   flavor_id: str | None, flavor_name: str | None,
                   size_gb: float | None) -> UsageFields:
-    """``_record_fields`` (version 1) of a swept hour's record from its computed values."""
+    """A record's field values from what ``_record_fields`` and ``swept_hour_fields`` compute:
+    the meter's type and unit, the window's datetimes and the record id added. Positional, in
+    the fields' order: ~3 records per resource and hour."""
     meter = key.meter
     meter_type, unit = METERS[meter]
     window_start, window_end, _ = _window(key.window_start)
     return _new_fields((
-        record_id(key, resource_type, resource_id), 1, key.tenant_id, resource_type,
+        record_id(key, resource_type, resource_id), version, key.tenant_id, resource_type,
         resource_id, meter, meter_type, unit, quantity, window_start, window_end, derived_from,
         user_id, flavor_id, flavor_name, size_gb))
 
@@ -508,10 +510,8 @@ def audited_row(row: list[Any], notification: Notification, swept_through: int |
     (_, _, tenant_id, user_id, start, _, _, _, names, audits, launch, delete, through,
      versions) = values
     if swept_through is not None and (through is None or through < swept_through):
-        through = swept_through  # ``from_row``'s lazy forgetting, as ``to_row`` would write it
-        frozen_before = swept_through - policy.retention_us
-        audits = [a for a in audits if _hour_floor(a[0] - 1) >= frozen_before]
-        versions = [kv for kv in versions if kv[2] >= frozen_before]
+        # ``from_row``'s lazy forgetting, as ``to_row`` would write it.
+        through, audits, versions = _row_swept_to(swept_through, audits, versions, policy)
     window_start = audit.window_start
     if through is None or closed_through > through or window_start < through:
         return None  # hours to emit, or a late audit to verify and correct: ``apply``
@@ -1048,18 +1048,13 @@ def _record_fields(state: MeteredResource, key: RecordKey, usage: _Usage | None,
     """``_record``'s field values."""
     content = usage if usage is not None else previous._replace(  # type: ignore[union-attr]
         quantity=Fraction(0))
-    meter = key.meter
-    meter_type, unit = METERS[meter]
-    window_start, window_end, _ = _window(key.window_start)
     quantity, size_gb = content.quantity, content.size_gb
-    # Positional, in the fields' order: ~3 records per resource and hour.
-    return _new_fields((
-        record_id(key, state.resource_type, state.resource_id), version, key.tenant_id,
-        state.resource_type, state.resource_id, meter, meter_type, unit,
+    return _usage_fields(
+        key, state.resource_type, state.resource_id, version,
         quantity.numerator / quantity.denominator,  # float(quantity), as Fraction computes it
-        window_start, window_end, list(content.derived_from), content.user_id,
-        (key.flavor_id or None) if meter == INSTANCE_SECONDS else None,
-        content.flavor_name, None if size_gb is None else float(_size(size_gb))))
+        list(content.derived_from), content.user_id,
+        (key.flavor_id or None) if key.meter == INSTANCE_SECONDS else None,
+        content.flavor_name, None if size_gb is None else float(_size(size_gb)))
 
 
 def _corrections(before: MeteredResource, after: MeteredResource, affected_from: int,
@@ -1281,13 +1276,7 @@ def from_row(row: list[Any], swept_through: int | None = None,
      delete, through, versions) = values
     if swept_through is not None and (through is None or through < swept_through):
         assert policy is not None, "swept_through needs the policy (its retention)"
-        through = swept_through
-        frozen_before = swept_through - policy.retention_us
-        # ``Audit.window_start`` and ``RecordKey.window_start`` of the row's lists.
-        if audits:
-            audits = [a for a in audits if _hour_floor(a[0] - 1) >= frozen_before]
-        if versions:
-            versions = [kv for kv in versions if kv[2] >= frozen_before]
+        through, audits, versions = _row_swept_to(swept_through, audits, versions, policy)
     start_id = start[2] if start else None
     same = _SAME_AS_START
     # The message ids written out rather than through a helper: every sweep loads every state.
@@ -1305,6 +1294,20 @@ def from_row(row: list[Any], swept_through: int | None = None,
         launch, delete, through,
         tuple([(RecordKey(*kv[:4]), kv[4]) for kv in versions or ()]),
     )
+
+
+def _row_swept_to(swept_through: int, audits: list[list[Any]] | None,
+                  versions: list[list[Any]] | None,
+                  policy: AccrualPolicy) -> tuple[int, Any, Any]:
+    """A row's ``emitted_through``, audits and versions as ``swept_to(state, swept_through)``
+    leaves them (``swept_through`` past the row's own): what froze is dropped."""
+    frozen_before = swept_through - policy.retention_us
+    # ``Audit.window_start`` and ``RecordKey.window_start`` of the row's lists.
+    if audits:
+        audits = [a for a in audits if _hour_floor(a[0] - 1) >= frozen_before]
+    if versions:
+        versions = [kv for kv in versions if kv[2] >= frozen_before]
+    return swept_through, audits, versions
 
 
 def from_json_value(data: Any, swept_through: int | None = None,
