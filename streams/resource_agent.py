@@ -49,7 +49,7 @@ import orjson
 
 from streams.app import app, settings
 from streams.consumer import lean_events
-from streams.tables import outbox, resources
+from streams.tables import outbox, resources, table_json
 from streams.topics import APP_ID_HEADER, source_topic
 from trovemeter.codec import CodecError, decode, encode, header_for
 from trovemeter.model import Notification, ResourceState
@@ -177,7 +177,7 @@ class ResourceStateHandler:
                 confirmed = confirmed_row(row, n) if type(row) is list else None
                 if confirmed is not None:
                     if confirmed is not row:  # only report times moved: no new state to send
-                        resources.put(partition, rid, bytes(memoryview(orjson.dumps(confirmed))))
+                        resources.put(partition, rid, table_json(confirmed))
                     return
         old = resources.get(rid)
         new = apply(old, n)

@@ -203,9 +203,15 @@ def _load_tracked(raw: bytes) -> TrackedResource:
     return TrackedResource.from_dict({"state": state, "reported_at": data["reported_at"]})
 
 
+def table_json(value: Any) -> bytes:
+    """``orjson.dumps(value)`` copied to an exact-size bytes object: orjson 3.x returns bytes
+    with a 4 KB allocation whatever their length, which kept in a table is ~4 KB per key
+    instead of ~0.3 KB (measured with tracemalloc)."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def _dump_tracked(tracked: TrackedResource) -> bytes:
-    # Exact-size copy: orjson's bytes come with a 4 KB allocation whatever their length.
-    return bytes(memoryview(orjson.dumps(tracked.to_row())))
+    return table_json(tracked.to_row())
 
 
 resources: StagedTable[TrackedResource] = StagedTable(
@@ -220,7 +226,7 @@ resources: StagedTable[TrackedResource] = StagedTable(
 open_operations: StagedTable[OpenOperation] = StagedTable(
     "open_operations",
     load=lambda raw: OpenOperation.from_dict(orjson.loads(raw)),
-    dump=lambda state: bytes(memoryview(orjson.dumps(state.to_dict()))),
+    dump=lambda state: table_json(state.to_dict()),
     help="join key -> what pairing holds of the operation (or its tombstone)",
     # Mostly tombstones (kept for the retention): ~0.25 KB as bytes against ~0.55 KB decoded.
     compact=True,
